@@ -1,0 +1,1 @@
+"""raftkvd: a replicated, strongly consistent key-value store on Raft."""

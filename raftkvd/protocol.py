@@ -1,0 +1,55 @@
+"""The client protocol spoken on each node's `client` endpoint (ZeroMQ ROUTER).
+
+A client DEALER sends one msgpack map per request; the node answers with one map.
+Shared by the daemon (raftkvd.api) and the client library (raftctl.client) so the
+two can never disagree about names.
+
+Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields}
+  put:    key, value                      -> revision
+  get:    key, consistency                -> value, revision       (NOT_FOUND if missing)
+  delete: key                             -> deleted (bool)
+  cas:    key, expected (str|None), value -> revision              (COMPARE_FAILED, with value)
+  list:   prefix, limit, consistency      -> items: [[key, value], ...]
+  status: (none)                          -> status: {...} (this node's view, see node status)
+  cluster:(none)                          -> nodes: [status, ...] (every node, unreachable included)
+  transfer: to (int, 0 = any)             -> leader_id
+  snapshot: (none)                        -> index
+Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
+           "leader": str? (the leader's client endpoint), ...result fields}
+"""
+
+from __future__ import annotations
+
+import enum
+
+VERSION = 1
+CONSISTENCY_LINEARIZABLE = "linearizable"
+CONSISTENCY_SERIALIZABLE = "serializable"
+MAX_KEY_BYTES = 511
+
+
+class Op(enum.StrEnum):
+    PUT = "put"
+    GET = "get"
+    DELETE = "delete"
+    CAS = "cas"
+    LIST = "list"
+    STATUS = "status"
+    CLUSTER = "cluster"
+    TRANSFER = "transfer"
+    SNAPSHOT = "snapshot"
+
+
+WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+
+
+class Code(enum.StrEnum):
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    COMPARE_FAILED = "compare_failed"
+    NOT_LEADER = "not_leader"
+    UNAVAILABLE = "unavailable"
+    INVALID = "invalid"
+    TOO_LARGE = "too_large"
+    NO_SPACE = "no_space"
+    INTERNAL = "internal"
