@@ -1,0 +1,155 @@
+"""The client protocol endpoint: a ZeroMQ ROUTER that turns frames into validated requests.
+
+Only shape and limits are checked here; what a request means is the node's business.
+Malformed frames get an `invalid` answer when they can be answered at all, and are
+counted, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from . import protocol
+from .protocol import Code, Op
+from .wire import WireError, decode_client, encode_client
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_FRAME = 72 * 1024 * 1024
+HWM = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    identity: bytes
+    id: int
+    op: Op
+    body: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.body["key"]
+
+
+class RequestError(Exception):
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _text(body: dict[str, Any], name: str, *, optional: bool = False) -> None:
+    value = body.get(name)
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise RequestError(Code.INVALID, f"{name} must be a string")
+
+
+def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
+    """The request's operation, once its fields have the right types and sizes."""
+    try:
+        op = Op(body.get("op"))
+    except ValueError:
+        raise RequestError(Code.INVALID, f"unknown op {body.get('op')!r}") from None
+    if op in (Op.PUT, Op.GET, Op.DELETE, Op.CAS):
+        _text(body, "key")
+        size = len(body["key"].encode())
+        if not 1 <= size <= protocol.MAX_KEY_BYTES:
+            raise RequestError(
+                Code.TOO_LARGE if size else Code.INVALID,
+                f"key must be 1 to {protocol.MAX_KEY_BYTES} bytes, got {size}",
+            )
+    if op in (Op.PUT, Op.CAS):
+        _text(body, "value")
+        if op == Op.CAS:
+            _text(body, "expected", optional=True)
+        size = len(body["value"].encode())
+        if size > max_value_bytes:
+            raise RequestError(
+                Code.TOO_LARGE, f"value is {size} bytes, the limit is {max_value_bytes}"
+            )
+    if op in protocol.WRITE_OPS:
+        _text(body, "session")
+        if not isinstance(body.get("seq"), int) or body["seq"] < 1:
+            raise RequestError(Code.INVALID, "seq must be a positive integer")
+    if op == Op.LIST:
+        _text(body, "prefix", optional=True)
+        limit = body.get("limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise RequestError(Code.INVALID, "limit must be a non-negative integer")
+    if body.get("consistency", protocol.CONSISTENCY_LINEARIZABLE) not in (
+        protocol.CONSISTENCY_LINEARIZABLE,
+        protocol.CONSISTENCY_SERIALIZABLE,
+    ):
+        raise RequestError(Code.INVALID, "consistency must be linearizable or serializable")
+    if op == Op.TRANSFER and not isinstance(body.get("to", 0), int):
+        raise RequestError(Code.INVALID, "to must be a node id")
+    return op
+
+
+class ClientEndpoint:
+    """Owned by the node's event loop; not thread-safe."""
+
+    def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int) -> None:
+        self.max_value_bytes = max_value_bytes
+        self.malformed_total = 0
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, HWM)
+        self.socket.setsockopt(zmq.RCVHWM, HWM)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_FRAME)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.socket.bind(bind)
+
+    def recv_all(self, max_n: int) -> list[Request]:
+        requests: list[Request] = []
+        for _ in range(max_n):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            request = self._parse(frames)
+            if request is not None:
+                requests.append(request)
+        return requests
+
+    def _parse(self, frames: list[bytes]) -> Request | None:
+        if len(frames) != 2:
+            self.malformed_total += 1
+            return None
+        identity, payload = frames
+        try:
+            body = decode_client(payload)
+        except WireError as exc:
+            self.malformed_total += 1
+            self.reply_error(identity, 0, Code.INVALID, f"malformed request: {exc}")
+            return None
+        req_id = body.get("id", 0)
+        if not isinstance(req_id, int):
+            req_id = 0
+        try:
+            op = validate(body, self.max_value_bytes)
+        except RequestError as exc:
+            self.reply_error(identity, req_id, exc.code, str(exc))
+            return None
+        return Request(identity, req_id, op, body)
+
+    def reply(self, identity: bytes, req_id: int, fields: dict[str, Any]) -> None:
+        frame = encode_client({"id": req_id, **fields})
+        try:
+            self.socket.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client is gone or far behind: it will retry
+            log.debug("event=client_reply_dropped error=%s", exc)
+
+    def respond(self, request: Request, fields: dict[str, Any]) -> None:
+        self.reply(request.identity, request.id, fields)
+
+    def reply_error(self, identity: bytes, req_id: int, code: Code, message: str) -> None:
+        self.reply(identity, req_id, {"code": code.value, "error": message})
+
+    def close(self) -> None:
+        self.socket.close(0)

@@ -1,0 +1,116 @@
+"""`raftkvd`: run one node, or a local development cluster of background nodes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import zmq
+
+from .config import ConfigError, load_cluster, load_settings
+from .errors import RaftKVError
+from .localcluster import LocalCluster
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"raftkvd: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """raftkvd: a replicated, strongly consistent key-value store on Raft.
+
+    Run one node in the foreground with `raftkvd run`, or a local development cluster
+    (every node of a cluster file, in the background) with `raftkvd cluster start`.
+    """
+
+
+@main.command()
+@click.option("--config", "config_path", envvar="RAFTKVD_CONFIG", type=click.Path(dir_okay=False),
+              help="Cluster TOML file (env RAFTKVD_CONFIG).")
+@click.option("--id", "node_id", type=int, envvar="RAFTKVD_ID", help="This node's id (env RAFTKVD_ID).")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Override the node's data_dir (env RAFTKVD_DATA_DIR).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log level (env RAFTKVD_LOG_LEVEL, default info).")
+def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_level: str | None) -> None:
+    """Run one node in the foreground; logs go to stderr. SIGTERM/SIGINT stop it cleanly."""
+    from .node import Node
+
+    try:
+        settings = load_settings(config_path, node_id=node_id, data_dir=data_dir, log_level=log_level)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        node = Node(settings)
+    except zmq.ZMQError as exc:
+        _fail(f"node {settings.node.id}: cannot bind its endpoints: {exc}", EXIT_RUNTIME)
+    except RaftKVError as exc:
+        _fail(f"node {settings.node.id}: {exc}", EXIT_RUNTIME)
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    try:
+        node.run()
+    except RaftKVError as exc:
+        _fail(f"node {settings.node.id}: {exc}", EXIT_RUNTIME)
+
+
+@main.group()
+def cluster() -> None:
+    """The local development cluster: every node of a cluster file as a background process."""
+
+
+_config_option = click.option(
+    "--config", "config_path", envvar="RAFTKVD_CONFIG", default="conf/cluster.toml", show_default=True,
+    type=click.Path(dir_okay=False), help="Cluster TOML file.",
+)
+
+
+def _local_cluster(config_path: str) -> LocalCluster:
+    try:
+        return LocalCluster(load_cluster(config_path), Path(config_path))
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+        raise AssertionError("unreachable") from exc
+
+
+@cluster.command()
+@_config_option
+@click.option("--timeout", default=20.0, show_default=True, help="Seconds to wait for a leader.")
+def start(config_path: str, timeout: float) -> None:
+    """Start every node in the background (pid and log in each data dir), wait for a leader."""
+    local = _local_cluster(config_path)
+    for line in local.start():
+        click.echo(line)
+    leader = local.wait_for_leader(timeout)
+    if leader is None:
+        _fail(f"no leader elected within {timeout:.0f}s; see the logs in each data dir", EXIT_RUNTIME)
+    click.echo(f"cluster ready: leader is node {leader}")
+
+
+@cluster.command()
+@_config_option
+def stop(config_path: str) -> None:
+    """Stop the nodes started by `cluster start` (SIGTERM, then SIGKILL after 10 s), by pid."""
+    for line in _local_cluster(config_path).stop():
+        click.echo(line)
+
+
+@cluster.command()
+@_config_option
+def status(config_path: str) -> None:
+    """Show each local node: process state and Raft role."""
+    for line in _local_cluster(config_path).status_lines():
+        click.echo(line)

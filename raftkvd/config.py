@@ -1,0 +1,352 @@
+"""Cluster TOML + environment + flags -> validated, typed settings (SPEC §2).
+
+Precedence: flags > environment (RAFTKVD_*) > file > defaults. Everything is
+checked before the node touches disk or network, and every problem is reported
+as one line naming the offending field, so a typo fails at start (exit 2)
+instead of surfacing later as a baffling runtime error. Unknown keys are
+errors too: `heartbeat_intervall_ms` must not silently mean "use the default".
+
+Relative `data_dir` paths are relative to the current working directory (so
+`data_dir = "data/node1"` means ./data/node1 when run from the repo root, as
+`make run` does), and are made absolute at load time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from raftkvd.errors import RaftKVError
+
+MIB = 1024 * 1024
+DEFAULT_ELECTION_TIMEOUT_MS = (150, 300)
+DEFAULT_HEARTBEAT_INTERVAL_MS = 50
+DEFAULT_MAX_VALUE_BYTES = 1 * MIB
+MAX_VALUE_BYTES_LIMIT = 64 * MIB
+"""Ceiling for max_value_bytes: a value travels in one frame (wire.MAX_FRAME_BYTES)."""
+DEFAULT_MAP_SIZE_MB = 1024
+MAX_MAP_SIZE_MB = 1024 * 1024
+"""1 TiB: a sanity ceiling that catches a byte count given where MiB were meant."""
+DEFAULT_SNAPSHOT_THRESHOLD = 10_000
+DEFAULT_LOG_LEVEL = "INFO"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_NODE_ID = 2**63 - 1
+
+ENV_CONFIG = "RAFTKVD_CONFIG"
+ENV_ID = "RAFTKVD_ID"
+ENV_DATA_DIR = "RAFTKVD_DATA_DIR"
+ENV_LOG_LEVEL = "RAFTKVD_LOG_LEVEL"
+ENV_MAP_SIZE = "RAFTKVD_MAP_SIZE"
+
+CLUSTER_KEYS = frozenset(
+    {
+        "election_timeout_ms",
+        "heartbeat_interval_ms",
+        "max_value_bytes",
+        "map_size_mb",
+        "snapshot_threshold",
+    }
+)
+NODE_KEYS = frozenset({"id", "raft", "client", "http", "data_dir"})
+TOP_LEVEL_KEYS = frozenset({"cluster", "node"})
+
+_HOST = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+_TCP_ENDPOINT = re.compile(rf"tcp://{_HOST}:(?P<port>[0-9]{{1,5}})")
+_HTTP_ADDRESS = re.compile(rf"{_HOST}:(?P<port>[0-9]{{1,5}})")
+_SIZE = re.compile(r"\s*([0-9]+)\s*(?:([KMGT])(?:I?B)?)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {None: MIB, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
+
+
+class ConfigError(RaftKVError, ValueError):
+    """Invalid configuration; `str()` is the single line shown to the user."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config error: {field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    id: int
+    raft: str
+    """Peer RPC endpoint, tcp://HOST:PORT; this node's ROUTER binds here."""
+    client: str
+    """raftctl endpoint, tcp://HOST:PORT."""
+    http: str
+    """REST/metrics address, HOST:PORT."""
+    data_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    nodes: tuple[NodeSettings, ...]
+    election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS
+    heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    map_size_bytes: int = DEFAULT_MAP_SIZE_MB * MIB
+    snapshot_threshold: int = DEFAULT_SNAPSHOT_THRESHOLD
+    """Applied entries between automatic log compactions."""
+
+    def node(self, node_id: int) -> NodeSettings:
+        """The node with `node_id`; KeyError when it is not in the file."""
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What one raftkvd process runs with: the cluster plus its own node."""
+
+    cluster: ClusterSettings
+    node: NodeSettings
+    config_path: Path
+    log_level: str = DEFAULT_LOG_LEVEL
+
+
+def load_cluster(path: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ) -> ClusterSettings:
+    """The cluster file at `path` (or $RAFTKVD_CONFIG), validated."""
+    return _parse_cluster(_read_toml(_config_path(path, env)))
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None,
+    node_id: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] = os.environ,
+    log_level: str | None = None,
+) -> Settings:
+    """Settings for one node: the file, then RAFTKVD_* variables, then the flags given here."""
+    config_path = _config_path(path, env)
+    cluster = _parse_cluster(_read_toml(config_path))
+    node = _select_node(cluster, node_id, env, config_path)
+    if data_dir is not None:
+        node = replace(node, data_dir=_resolve_dir(str(data_dir), "--data-dir"))
+    elif env.get(ENV_DATA_DIR):
+        node = replace(node, data_dir=_resolve_dir(env[ENV_DATA_DIR], ENV_DATA_DIR))
+    if env.get(ENV_MAP_SIZE):
+        cluster = replace(cluster, map_size_bytes=_parse_map_size(env[ENV_MAP_SIZE]))
+    return Settings(cluster, node, config_path, _log_level(log_level, env))
+
+
+def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    """Absolute, so that processes started from elsewhere (`cluster start`) find it too."""
+    if path is not None:
+        return Path(os.path.abspath(path))
+    if env.get(ENV_CONFIG):
+        return Path(os.path.abspath(env[ENV_CONFIG]))
+    raise ConfigError("--config", f"no cluster file given (use --config FILE or {ENV_CONFIG})")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not valid TOML: the file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+
+
+def _select_node(
+    cluster: ClusterSettings, node_id: int | None, env: Mapping[str, str], path: Path
+) -> NodeSettings:
+    field = "--id"
+    if node_id is None:
+        field = ENV_ID
+        raw = env.get(ENV_ID)
+        if not raw:
+            raise ConfigError("--id", f"no node id given (use --id N or {ENV_ID})")
+        try:
+            node_id = int(raw)
+        except ValueError:
+            raise ConfigError(ENV_ID, f"expected an integer node id, got {raw!r}") from None
+    try:
+        return cluster.node(node_id)
+    except KeyError:
+        ids = ", ".join(str(n.id) for n in cluster.nodes)
+        raise ConfigError(field, f"node {node_id} is not in {path} (ids: {ids})") from None
+
+
+def _log_level(flag: str | None, env: Mapping[str, str]) -> str:
+    field, level = ("--log-level", flag) if flag else (ENV_LOG_LEVEL, env.get(ENV_LOG_LEVEL))
+    if not level:
+        return DEFAULT_LOG_LEVEL
+    if level.upper() not in LOG_LEVELS:
+        raise ConfigError(field, f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level.upper()
+
+
+def _parse_map_size(raw: str) -> int:
+    """RAFTKVD_MAP_SIZE: MiB by default, or with a unit (512M, 2G, 1GiB)."""
+    match = _SIZE.fullmatch(raw)
+    if match is None:
+        raise ConfigError(ENV_MAP_SIZE, f"expected a size like 1024 (MiB), 512M or 2G, got {raw!r}")
+    unit = match.group(2).upper() if match.group(2) else None
+    size_bytes = int(match.group(1)) * _SIZE_UNITS[unit]
+    if not MIB <= size_bytes <= MAX_MAP_SIZE_MB * MIB:
+        raise ConfigError(ENV_MAP_SIZE, f"must be between 1 MiB and 1 TiB, got {raw!r}")
+    return size_bytes
+
+
+def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
+    _reject_unknown(doc, TOP_LEVEL_KEYS, "")
+    section = doc.get("cluster", {})
+    if not isinstance(section, dict):
+        raise ConfigError("cluster", "expected a [cluster] table")
+    _reject_unknown(section, CLUSTER_KEYS, "cluster.")
+    election = _election_timeout(section.get("election_timeout_ms", DEFAULT_ELECTION_TIMEOUT_MS))
+    heartbeat = _positive_int(section, "heartbeat_interval_ms", DEFAULT_HEARTBEAT_INTERVAL_MS, "cluster.")
+    if heartbeat >= election[0]:
+        raise ConfigError(
+            "cluster.heartbeat_interval_ms",
+            f"must be below the election timeout's low end ({election[0]}), got {heartbeat}",
+        )
+    max_value = _positive_int(section, "max_value_bytes", DEFAULT_MAX_VALUE_BYTES, "cluster.")
+    if max_value > MAX_VALUE_BYTES_LIMIT:
+        raise ConfigError(
+            "cluster.max_value_bytes",
+            f"must be at most {MAX_VALUE_BYTES_LIMIT} (64 MiB), got {max_value}",
+        )
+    map_size_mb = _positive_int(section, "map_size_mb", DEFAULT_MAP_SIZE_MB, "cluster.")
+    if map_size_mb > MAX_MAP_SIZE_MB:
+        raise ConfigError(
+            "cluster.map_size_mb", f"must be at most {MAX_MAP_SIZE_MB} (1 TiB), got {map_size_mb}"
+        )
+    return ClusterSettings(
+        nodes=_parse_nodes(doc.get("node")),
+        election_timeout_ms=election,
+        heartbeat_interval_ms=heartbeat,
+        max_value_bytes=max_value,
+        map_size_bytes=map_size_mb * MIB,
+        snapshot_threshold=_positive_int(
+            section, "snapshot_threshold", DEFAULT_SNAPSHOT_THRESHOLD, "cluster."
+        ),
+    )
+
+
+def _reject_unknown(table: dict[str, Any], known: frozenset[str], prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
+            raise ConfigError(f"{prefix}{key}", f"unknown key{hint}")
+
+
+def _is_int(value: Any) -> bool:
+    """TOML booleans are Python bools, which are ints; they are never valid numbers here."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(table: dict[str, Any], key: str, default: int, prefix: str) -> int:
+    value = table.get(key, default)
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(f"{prefix}{key}", f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _election_timeout(value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(_is_int(v) and v > 0 for v in value)
+        or value[0] > value[1]
+    ):
+        raise ConfigError(
+            "cluster.election_timeout_ms",
+            f"expected [low, high] positive milliseconds with low <= high, got {value!r}",
+        )
+    return (value[0], value[1])
+
+
+def _parse_nodes(raw: Any) -> tuple[NodeSettings, ...]:
+    if raw is None:
+        raise ConfigError("node", "at least one [[node]] table is required")
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError("node", "expected [[node]] tables")
+    nodes: list[NodeSettings] = []
+    for position, table in enumerate(raw, start=1):
+        nodes.append(_parse_node(table, position))
+    _check_unique(nodes)
+    return tuple(nodes)
+
+
+def _parse_node(table: dict[str, Any], position: int) -> NodeSettings:
+    node_id = table.get("id")
+    if not _is_int(node_id) or not 0 < node_id <= MAX_NODE_ID:
+        raise ConfigError(f"node #{position}.id", f"expected a positive integer, got {node_id!r}")
+    label = f"node[{node_id}]"
+    _reject_unknown(table, NODE_KEYS, f"{label}.")
+    data_dir = table.get("data_dir", f"data/node{node_id}")
+    if not isinstance(data_dir, str):
+        raise ConfigError(f"{label}.data_dir", f"expected a path string, got {data_dir!r}")
+    return NodeSettings(
+        id=node_id,
+        raft=_endpoint(table, "raft", label, _TCP_ENDPOINT, "tcp://HOST:PORT"),
+        client=_endpoint(table, "client", label, _TCP_ENDPOINT, "tcp://HOST:PORT"),
+        http=_endpoint(table, "http", label, _HTTP_ADDRESS, "HOST:PORT"),
+        data_dir=_resolve_dir(data_dir, f"{label}.data_dir"),
+    )
+
+
+def _endpoint(table: dict[str, Any], key: str, label: str, pattern: re.Pattern[str], shape: str) -> str:
+    field = f"{label}.{key}"
+    if key not in table:
+        raise ConfigError(field, f"missing (expected an endpoint like {shape})")
+    value = table[key]
+    match = pattern.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(field, f"expected an endpoint like {shape}, got {value!r}")
+    if not 1 <= int(match.group("port")) <= 65535:
+        raise ConfigError(field, f"port must be between 1 and 65535, got {match.group('port')}")
+    return value
+
+
+def _resolve_dir(value: str, field: str) -> Path:
+    if not value.strip():
+        raise ConfigError(field, "expected a directory path, got an empty string")
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return host.lower(), int(port)
+
+
+def _check_unique(nodes: list[NodeSettings]) -> None:
+    """Ids, listening addresses and (per host) data dirs must not collide: two nodes
+    sharing any of them would fight over a port or corrupt one LMDB environment."""
+    ids: set[int] = set()
+    addresses: dict[tuple[str, int], str] = {}
+    dirs: dict[tuple[str, Path], str] = {}
+    for node in nodes:
+        label = f"node[{node.id}]"
+        if node.id in ids:
+            raise ConfigError(f"{label}.id", f"duplicate node id {node.id}")
+        ids.add(node.id)
+        for key in ("raft", "client", "http"):
+            address = _host_port(getattr(node, key))
+            owner = addresses.setdefault(address, f"{label}.{key}")
+            if owner != f"{label}.{key}":
+                raise ConfigError(
+                    f"{label}.{key}",
+                    f"address {address[0]}:{address[1]} is already used by {owner}",
+                )
+        host_dir = (_host_port(node.raft)[0], node.data_dir)
+        owner = dirs.setdefault(host_dir, label)
+        if owner != label:
+            raise ConfigError(
+                f"{label}.data_dir",
+                f"{node.data_dir} is already used by {owner} on host {host_dir[0]}",
+            )

@@ -1,0 +1,127 @@
+"""One LMDB environment per node: the log, the Raft metadata and the state machine share it
+so that a single transaction can make all of them durable together (SPEC §3, §7)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from .errors import NoSpaceError, StorageCorruptError, StorageError
+
+DEFAULT_MAP_SIZE = 1 << 30
+
+# Every named database in the file, opened once at start: opening one later would need
+# its own write transaction, which deadlocks while another write transaction is open.
+LOG = "log"  # 8-byte big-endian index -> msgpack [term, type, data]
+RAFT_META = "raft_meta"  # hard state, compaction point
+KV = "kv"  # utf-8 key -> msgpack [value, create_revision, mod_revision]
+SESSIONS = "sessions"  # session id -> msgpack [seq, result, log index]
+SESSION_LRU = "session_lru"  # 8-byte log index of a session's last command -> session id
+MEMBERS = "members"  # 8-byte node id -> msgpack {"raft", "client", "http"}
+SM_META = "sm_meta"  # applied index/term, revision, counters, membership
+DATABASES = (LOG, RAFT_META, KV, SESSIONS, SESSION_LRU, MEMBERS, SM_META)
+MAX_DBS = 16
+
+_CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError, lmdb.InvalidError)
+
+
+class Batch:
+    """A write transaction plus the in-memory updates that may only happen once it is durable."""
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+        self._after_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` after the commit succeeds (e.g. refresh a cache); dropped on abort."""
+        self._after_commit.append(fn)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn LMDB and OS failures into our hierarchy so callers need not know LMDB."""
+    try:
+        yield
+    except (lmdb.MapFullError, lmdb.DiskError) as exc:
+        raise NoSpaceError(f"storage full: {exc}") from exc
+    except _CORRUPT as exc:
+        raise StorageCorruptError(f"storage corrupt: {exc}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(f"disk full: {exc}") from exc
+        raise
+    except lmdb.Error as exc:
+        raise StorageError(f"storage error: {exc}") from exc
+
+
+class LmdbEnv:
+    """The node's LMDB file. Writes are durable on commit: sync and metasync stay on,
+    and writemap is never used, so a crash can lose only uncommitted transactions."""
+
+    def __init__(self, path: str | Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        with translate_errors():
+            os.makedirs(path, exist_ok=True)
+            self.env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=MAX_DBS,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+            )
+            self._dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+
+    def db(self, name: str) -> lmdb._Database:
+        return self._dbs[name]
+
+    @contextmanager
+    def write(self) -> Iterator[Batch]:
+        """One durable write transaction: committed (fsync) on success, aborted on any error."""
+        with translate_errors():
+            batch = Batch(self.env.begin(write=True))
+            try:
+                yield batch
+                batch.txn.commit()
+            except BaseException:
+                batch.txn.abort()
+                raise
+        for fn in batch._after_commit:
+            fn()
+
+    @contextmanager
+    def join(self, batch: Batch | None) -> Iterator[Batch]:
+        """Write inside the caller's batch if given (it commits), else in a batch of our own."""
+        if batch is not None:
+            yield batch
+            return
+        with self.write() as own:
+            yield own
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A consistent read-only view; works while the map is full."""
+        with translate_errors(), self.env.begin() as txn:
+            yield txn
+
+    def used_bytes(self) -> int:
+        """High-water mark of the file: how much of the map has ever been handed out."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    @property
+    def map_size(self) -> int:
+        return self.env.info()["map_size"]
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> LmdbEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,107 @@
+"""The development cluster behind `raftkvd cluster start|stop|status`: background processes
+tracked by pid files in each node's data dir, stopped only by those pids."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import zmq
+
+from .config import ClusterSettings, NodeSettings
+from .peerstatus import fetch_statuses
+
+PID_FILE = "raftkvd.pid"
+LOG_FILE = "raftkvd.log"
+STOP_TIMEOUT_S = 10.0
+POLL_S = 0.1
+
+
+def _alive(pid: int) -> bool:
+    """True when `pid` is a running raftkvd process (a recycled pid is not ours)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return b"raftkvd" in cmdline and not zombie
+
+
+class LocalCluster:
+    def __init__(self, cluster: ClusterSettings, config_path: Path) -> None:
+        self.cluster = cluster
+        self.config_path = config_path
+
+    def _pid(self, node: NodeSettings) -> int | None:
+        try:
+            pid = int((node.data_dir / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def start(self) -> Iterator[str]:
+        for node in self.cluster.nodes:
+            pid = self._pid(node)
+            if pid is not None:
+                yield f"node {node.id}: already running (pid {pid})"
+                continue
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            with open(node.data_dir / LOG_FILE, "ab") as logfile:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "raftkvd", "run", "--config", str(self.config_path),
+                     "--id", str(node.id)],
+                    stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                    start_new_session=True,
+                )
+            (node.data_dir / PID_FILE).write_text(f"{proc.pid}\n")
+            yield f"node {node.id}: started (pid {proc.pid}, log {node.data_dir / LOG_FILE})"
+
+    def statuses(self, timeout: float = 1.0) -> list[dict]:
+        members = {node.id: node.client for node in self.cluster.nodes}
+        return fetch_statuses(zmq.Context.instance(), members, timeout)
+
+    def wait_for_leader(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for status in self.statuses(timeout=0.5):
+                if status.get("role") == "leader":
+                    return status["id"]
+            time.sleep(POLL_S)
+        return None
+
+    def stop(self) -> Iterator[str]:
+        pids = {node.id: self._pid(node) for node in self.cluster.nodes}
+        for node_id, pid in pids.items():
+            if pid is None:
+                yield f"node {node_id}: not running"
+            else:
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for node in self.cluster.nodes:
+            pid = pids[node.id]
+            if pid is None:
+                continue
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                yield f"node {node.id}: killed (pid {pid}) after {STOP_TIMEOUT_S:.0f}s"
+            else:
+                yield f"node {node.id}: stopped (pid {pid})"
+            (node.data_dir / PID_FILE).unlink(missing_ok=True)
+
+    def status_lines(self) -> Iterator[str]:
+        statuses = {s["id"]: s for s in self.statuses()}
+        for node in self.cluster.nodes:
+            pid = self._pid(node)
+            status = statuses.get(node.id, {})
+            process = f"pid {pid}" if pid else "not running"
+            role = status.get("role", "unreachable")
+            term = status.get("term", "-")
+            yield f"node {node.id}: {process}, {role}, term {term}, client {node.client}"

@@ -1,0 +1,459 @@
+"""One raftkvd node: the event loop that owns time and I/O and ties the parts together.
+
+Each loop turn: receive peer messages and client requests, tick the core, then turn
+every Ready into I/O. Leader replication and heartbeats leave before the disk write;
+the write itself (log entries, hard state, snapshot, applied entries and the applied
+index) is one LMDB transaction, one fsync, per turn; votes and acknowledgements leave
+after it (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zmq
+
+from . import protocol, sdnotify
+from .api import ClientEndpoint, Request
+from .config import Settings
+from .errors import NoSpaceError
+from .lmdbenv import LmdbEnv
+from .peerstatus import fetch_statuses
+from .protocol import Code, Op
+from .raft import ProposalDropped, RaftConfig, RaftNode
+from .raft.log import RaftLogError
+from .raft.messages import NONE, ConfState, EntryType, Ready, StateRole
+from .statemachine import KVStateMachine
+from .storage import LogStore
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+TICK_MS = 10
+MAX_BATCH = 4096
+"""Messages or requests taken from one socket per loop turn: bounds a turn's latency."""
+NO_SPACE_FRACTION = 0.95
+"""Writes are refused above this share of the LMDB map, so committed entries always fit."""
+TRANSFER_TIMEOUT_S = 3.0
+CLUSTER_STATUS_TIMEOUT_S = 1.0
+COMPACTION_KEEP = 1000
+"""Entries kept behind a compaction so slightly lagging followers need no snapshot."""
+
+
+@dataclass
+class PendingWrite:
+    request: Request
+    term: int
+
+
+@dataclass
+class ReadBatch:
+    """Linearizable reads that share one ReadIndex round."""
+
+    requests: list[Request] = field(default_factory=list)
+    index: int = 0
+
+
+def raft_config(settings: Settings, applied: int) -> RaftConfig:
+    cluster = settings.cluster
+    heartbeat = max(1, round(cluster.heartbeat_interval_ms / TICK_MS))
+    low, high = cluster.election_timeout_ms
+    election = max(heartbeat + 1, low // TICK_MS)
+    return RaftConfig(
+        id=settings.node.id,
+        election_tick=election,
+        election_tick_max=max(election + 1, high // TICK_MS),
+        heartbeat_tick=heartbeat,
+        applied=applied,
+    )
+
+
+class Node:
+    def __init__(self, settings: Settings, ctx: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.id = settings.node.id
+        self.ctx = ctx or zmq.Context.instance()
+        self.env = LmdbEnv(settings.node.data_dir, settings.cluster.map_size_bytes)
+        self.sm = KVStateMachine(self.env)
+        self._bootstrap()
+        self.logstore = LogStore(self.env, self.sm)
+        self.applied = self.sm.applied_index()
+        self.core = RaftNode(raft_config(settings, self.applied), self.logstore, random.Random())
+        self.members = self._member_addresses()
+        self.transport = Transport(self.ctx, self.id, settings.node.raft, self._raft_peers())
+        self.client = ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes)
+        self._wake_pull = self.ctx.socket(zmq.PULL)
+        self._wake_addr = f"inproc://raftkvd-wake-{id(self)}"
+        self._wake_pull.bind(self._wake_addr)
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="raftkvd-status")
+        self._background_results: queue.Queue[tuple[Request, list[dict[str, Any]]]] = queue.Queue()
+        self.pending_writes: dict[int, PendingWrite] = {}
+        self.read_batch = ReadBatch()
+        self.reads_by_ctx: dict[bytes, ReadBatch] = {}
+        self.reads_waiting: list[ReadBatch] = []
+        self.pending_transfer: tuple[Request, float] | None = None
+        self._read_ids = itertools.count(1)
+        self._stopping = False
+        self._no_space = False
+        self.role = StateRole.FOLLOWER
+        self.leader_id = NONE
+        self.leader_changes = 0
+        self.started_at = time.monotonic()
+
+    # ==== setup ================================================================================
+    def _bootstrap(self) -> None:
+        """A brand-new data dir takes its first membership from the cluster file."""
+        nodes = self.settings.cluster.nodes
+        conf = ConfState(frozenset(n.id for n in nodes))
+        addresses = {n.id: {"raft": n.raft, "client": n.client, "http": n.http} for n in nodes}
+        self.sm.bootstrap(conf, addresses)
+
+    def _member_addresses(self) -> dict[int, dict[str, str]]:
+        addresses = {
+            n.id: {"raft": n.raft, "client": n.client, "http": n.http}
+            for n in self.settings.cluster.nodes
+        }
+        addresses.update(self.sm.members())
+        return addresses
+
+    def _raft_peers(self) -> dict[int, str]:
+        ids = self.core.status().conf.ids()
+        return {i: self.members[i]["raft"] for i in ids if i != self.id and i in self.members}
+
+    # ==== the loop ===============================================================================
+    def stop(self) -> None:
+        """Safe from a signal handler: the loop notices within one tick."""
+        self._stopping = True
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.transport.socket, self.client.socket, self._wake_pull):
+            poller.register(sock, zmq.POLLIN)
+        tick_s = TICK_MS / 1000
+        next_tick = time.monotonic() + tick_s
+        log.info("node=%d event=serving raft=%s client=%s", self.id, self.settings.node.raft,
+                 self.settings.node.client)
+        sdnotify.notify("READY=1")
+        try:
+            while not self._stopping:
+                timeout_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
+                poller.poll(timeout_ms)
+                self._receive()
+                next_tick = self._tick(next_tick, tick_s)
+                self._flush_reads()
+                self._process_ready()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            self._shutdown()
+
+    def _receive(self) -> None:
+        for msg in self.transport.recv_all(MAX_BATCH):
+            try:
+                self.core.step(msg)
+            except RaftLogError as exc:  # a message contradicting committed state: drop it
+                log.error("node=%d event=message_rejected type=%s frm=%d error=%s",
+                          self.id, msg.type.name, msg.frm, exc)
+        self._no_space = self.env.used_bytes() > NO_SPACE_FRACTION * self.env.map_size
+        for request in self.client.recv_all(MAX_BATCH):
+            self._handle(request)
+        while True:
+            try:
+                self._wake_pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while not self._background_results.empty():
+            request, nodes = self._background_results.get_nowait()
+            self.client.respond(request, {"code": Code.OK.value, "nodes": nodes})
+
+    def _tick(self, next_tick: float, tick_s: float) -> float:
+        now = time.monotonic()
+        if now - next_tick > 50 * tick_s:
+            next_tick = now  # we were stalled (e.g. SIGSTOP): don't replay a burst of ticks
+        while now >= next_tick:
+            self.core.tick()
+            next_tick += tick_s
+        if self.pending_transfer and now > self.pending_transfer[1]:
+            request, _ = self.pending_transfer
+            self.pending_transfer = None
+            self._fail(request, Code.UNAVAILABLE, "leadership transfer did not finish in time")
+        return next_tick
+
+    # ==== Ready: the I/O contract of the core ========================================================
+    def _process_ready(self) -> None:
+        for _ in range(8):
+            if not self.core.has_ready():
+                return
+            self._handle_ready(self.core.ready())
+
+    def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_role_change(rd.soft_state.role, rd.soft_state.leader)
+        for msg in rd.messages:
+            self.transport.send(msg)
+        results: list[dict[str, Any]] = []
+        if rd.must_sync() or rd.committed_entries:
+            results = self._persist_and_apply(rd)
+        for msg in rd.persisted_messages:
+            self.transport.send(msg)
+        if rd.snapshot is not None:
+            self.applied = rd.snapshot.meta.index
+            self._membership_changed()
+        if rd.committed_entries:
+            self.applied = rd.committed_entries[-1].index
+            self._answer_writes(rd, results)
+        for state in rd.read_states:
+            batch = self.reads_by_ctx.pop(state.context, None)
+            if batch is not None:
+                batch.index = state.index
+                self.reads_waiting.append(batch)
+        self.core.advance(rd)
+        self._serve_reads()
+
+    def _persist_and_apply(self, rd: Ready) -> list[dict[str, Any]]:
+        try:
+            with self.env.write() as batch:
+                self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
+                if rd.snapshot is not None:
+                    self.sm.restore(rd.snapshot.data, batch=batch)
+                results = self.sm.apply(rd.committed_entries, batch=batch) if rd.committed_entries else []
+                self._maybe_compact(rd, batch)
+            return results
+        except NoSpaceError:
+            # Nothing of this Ready reached disk; acknowledging it would lie. Stop cleanly
+            # (the supervisor restarts us) rather than run with memory ahead of disk.
+            log.critical("node=%d event=storage_full action=stopping", self.id)
+            self._stopping = True
+            raise
+
+    def _maybe_compact(self, rd: Ready, batch: Any) -> None:
+        if not rd.committed_entries:
+            return
+        applied = rd.committed_entries[-1].index
+        threshold = self.settings.cluster.snapshot_threshold
+        if applied - self.logstore.first_index() > threshold + COMPACTION_KEEP:
+            self.logstore.compact(applied - COMPACTION_KEEP, batch=batch)
+
+    def _answer_writes(self, rd: Ready, results: list[dict[str, Any]]) -> None:
+        membership = False
+        for entry, result in zip(rd.committed_entries, results, strict=True):
+            membership |= entry.type == EntryType.CONF_CHANGE
+            pending = self.pending_writes.pop(entry.index, None)
+            if pending is None:
+                continue
+            if pending.term != entry.term:
+                self._fail(pending.request, Code.UNAVAILABLE, "leadership changed; retry")
+            else:
+                self.client.respond(pending.request, result)
+        if membership:
+            self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        self.members = self._member_addresses()
+        wanted = self._raft_peers()
+        current = self.transport.peers
+        for peer in set(current) - set(wanted):
+            self.transport.remove_peer(peer)
+        for peer, endpoint in wanted.items():
+            if current.get(peer) != endpoint:
+                self.transport.add_peer(peer, endpoint)
+
+    def _on_role_change(self, role: StateRole, leader: int) -> None:
+        if leader != self.leader_id:
+            self.leader_changes += 1
+            log.info("node=%d term=%d event=leader_changed leader=%d role=%s",
+                     self.id, self.core.term, leader, role.value)
+        was_leader = self.role == StateRole.LEADER
+        self.role, self.leader_id = role, leader
+        if was_leader and role != StateRole.LEADER:
+            self._fail_all_pending()
+        if self.pending_transfer and leader not in (NONE, self.id):
+            request, _ = self.pending_transfer
+            self.pending_transfer = None
+            self.client.respond(request, {"code": Code.OK.value, "leader_id": leader})
+
+    def _fail_all_pending(self) -> None:
+        """Leadership is gone: answer now so clients retry elsewhere (their session dedups)."""
+        for pending in self.pending_writes.values():
+            self._redirect(pending.request)
+        self.pending_writes.clear()
+        batches = [self.read_batch, *self.reads_by_ctx.values(), *self.reads_waiting]
+        for batch in batches:
+            for request in batch.requests:
+                self._redirect(request)
+        self.read_batch, self.reads_by_ctx, self.reads_waiting = ReadBatch(), {}, []
+
+    # ==== client requests =============================================================================
+    def _handle(self, request: Request) -> None:
+        op = request.op
+        if op == Op.STATUS:
+            self.client.respond(request, {"code": Code.OK.value, "status": self.status()})
+        elif op == Op.CLUSTER:
+            self._background.submit(self._gather_cluster, request)
+        elif op in (Op.GET, Op.LIST):
+            self._handle_read(request)
+        elif op in protocol.WRITE_OPS:
+            self._handle_write(request)
+        elif op == Op.TRANSFER:
+            self._handle_transfer(request)
+        elif op == Op.SNAPSHOT:
+            self._handle_snapshot(request)
+
+    def _handle_write(self, request: Request) -> None:
+        if self.role != StateRole.LEADER:
+            self._redirect(request)
+            return
+        if self._no_space:
+            self._fail(request, Code.NO_SPACE, "storage full: writes are refused, reads still work")
+            return
+        body = request.body
+        command = {k: body.get(k) for k in ("op", "key", "value", "expected", "session", "seq")}
+        try:
+            index = self.core.propose(msgpack.packb(command))
+        except ProposalDropped as exc:
+            self._fail(request, Code.UNAVAILABLE, str(exc))
+            return
+        self.pending_writes[index] = PendingWrite(request, self.core.term)
+
+    def _handle_read(self, request: Request) -> None:
+        if request.body.get("consistency") == protocol.CONSISTENCY_SERIALIZABLE:
+            self._serve_read(request)
+        elif self.role != StateRole.LEADER:
+            self._redirect(request)
+        else:
+            self.read_batch.requests.append(request)
+
+    def _flush_reads(self) -> None:
+        """One ReadIndex round for every linearizable read that arrived this turn."""
+        if not self.read_batch.requests:
+            return
+        ctx = f"{self.id}:{next(self._read_ids)}".encode()
+        batch, self.read_batch = self.read_batch, ReadBatch()
+        try:
+            self.core.read_index(ctx)
+        except ProposalDropped as exc:
+            for request in batch.requests:
+                self._fail(request, Code.UNAVAILABLE, str(exc))
+            return
+        self.reads_by_ctx[ctx] = batch
+
+    def _serve_reads(self) -> None:
+        still_waiting = []
+        for batch in self.reads_waiting:
+            if batch.index <= self.applied:
+                for request in batch.requests:
+                    self._serve_read(request)
+            else:
+                still_waiting.append(batch)
+        self.reads_waiting = still_waiting
+
+    def _serve_read(self, request: Request) -> None:
+        body = request.body
+        if request.op == Op.GET:
+            found = self.sm.get(body["key"])
+            if found is None:
+                self._fail(request, Code.NOT_FOUND, f"key not found: {body['key']}")
+            else:
+                self.client.respond(
+                    request, {"code": Code.OK.value, "value": found[0], "revision": found[1]}
+                )
+        else:
+            items = self.sm.list(body.get("prefix") or "", body.get("limit"))
+            self.client.respond(request, {"code": Code.OK.value, "items": [list(i) for i in items]})
+
+    def _handle_transfer(self, request: Request) -> None:
+        if self.role != StateRole.LEADER:
+            self._redirect(request)
+            return
+        target = request.body.get("to") or self._best_transferee()
+        if target == NONE or target == self.id:
+            self._fail(request, Code.INVALID, "no other voter to transfer leadership to")
+            return
+        self.core.transfer_leadership(target)
+        self.pending_transfer = (request, time.monotonic() + TRANSFER_TIMEOUT_S)
+
+    def _best_transferee(self) -> int:
+        status = self.core.status()
+        candidates = [
+            (p.match, pid) for pid, p in status.progress.items()
+            if pid != self.id and pid in status.conf.voters
+        ]
+        return max(candidates)[1] if candidates else NONE
+
+    def _handle_snapshot(self, request: Request) -> None:
+        with self.env.write() as batch:
+            self.logstore.compact(self.applied, batch=batch)
+        self.client.respond(request, {"code": Code.OK.value, "index": self.applied})
+
+    def _gather_cluster(self, request: Request) -> None:
+        members = {i: a["client"] for i, a in self.members.items()}
+        nodes = fetch_statuses(self.ctx, members, CLUSTER_STATUS_TIMEOUT_S)
+        self._background_results.put((request, nodes))
+        wake = self.ctx.socket(zmq.PUSH)
+        try:
+            wake.connect(self._wake_addr)
+            wake.send(b"", zmq.NOBLOCK)
+        finally:
+            wake.close(0)
+
+    def _redirect(self, request: Request) -> None:
+        if self.leader_id in (NONE, self.id):
+            self._fail(request, Code.UNAVAILABLE, "no leader")
+            return
+        leader = self.members.get(self.leader_id, {}).get("client", "")
+        self.client.respond(
+            request,
+            {"code": Code.NOT_LEADER.value, "error": "not the leader", "leader_id": self.leader_id,
+             "leader": leader},
+        )
+
+    def _fail(self, request: Request, code: Code, message: str) -> None:
+        self.client.respond(request, {"code": code.value, "error": message})
+
+    # ==== status ====================================================================================
+    def status(self) -> dict[str, Any]:
+        """The one status object behind raftctl status, /cluster, /health and /metrics."""
+        st = self.core.status()
+        own = self.members.get(self.id, {})
+        info: dict[str, Any] = {
+            "id": self.id,
+            "endpoint": own.get("client", self.settings.node.client),
+            "raft": own.get("raft", self.settings.node.raft),
+            "http": own.get("http", self.settings.node.http),
+            "role": st.role.value,
+            "term": st.term,
+            "leader_id": st.leader,
+            "last_index": st.last_index,
+            "first_index": st.first_index,
+            "commit": st.commit,
+            "applied": self.applied,
+            "keys": self.sm.key_count(),
+            "healthy": st.leader != NONE,
+            "voters": sorted(st.conf.voters),
+            "learners": sorted(st.conf.learners),
+            "leader_changes": self.leader_changes,
+            "db_used_bytes": self.env.used_bytes(),
+            "db_size_bytes": self.env.map_size,
+            "no_space": self._no_space,
+            "malformed_frames": self.transport.malformed_total + self.client.malformed_total,
+        }
+        if st.role == StateRole.LEADER:
+            info["progress"] = {str(pid): p.match for pid, p in st.progress.items()}
+        return info
+
+    def _shutdown(self) -> None:
+        for pending in self.pending_writes.values():
+            self._fail(pending.request, Code.UNAVAILABLE, "node shutting down")
+        self._background.shutdown(wait=True, cancel_futures=True)
+        self.transport.close()
+        self.client.close()
+        self._wake_pull.close(0)
+        self.env.close()
+        log.info("node=%d event=stopped", self.id)

@@ -1,0 +1,205 @@
+"""ZeroMQ peer links: one ROUTER bound for inbound Raft traffic, one DEALER per peer.
+
+Delivery is best effort by design: Raft tolerates loss and retransmits, so every
+send is non-blocking and a full or disconnected link simply drops the message
+(and counts it). High-water marks and IMMEDIATE bound the memory a dead or
+stalled peer can pin; inbound frames that fail to decode are counted and dropped
+so no peer can crash the node (SPEC §6, §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from raftkvd.raft.messages import Message
+from raftkvd.wire import MAX_FRAME_BYTES, WireError, decode_message, encode_message
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER_MARK = 10_000
+"""Messages queued per link before sends fail; bounds memory for a slow peer."""
+HEARTBEAT_IVL_MS = 1_000
+HEARTBEAT_TIMEOUT_MS = 5_000
+"""A peer whose ZeroMQ I/O stops answering pings (SIGSTOP, partition) has its link
+torn down, releasing the queued messages; the DEALER then reconnects on its own."""
+LOG_INTERVAL_S = 1.0
+"""At most one log line per interval for bad inbound frames: a flood must not flood the log."""
+
+
+@dataclass(slots=True)
+class PeerStats:
+    sent: int = 0
+    send_failures: int = 0
+    received: int = 0
+
+
+class Transport:
+    """The node's Raft links. Not thread-safe: owned by the node's event loop."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        node_id: int,
+        bind_endpoint: str,
+        peers: dict[int, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`peers` may include this node's own id (the whole cluster); it is skipped."""
+        self.node_id = node_id
+        self.malformed_total = 0
+        self.misrouted_total = 0
+        self.unroutable_total = 0
+        self._ctx = ctx
+        self._identity = str(node_id).encode()
+        self._clock = clock
+        self._last_log = float("-inf")
+        self._suppressed = 0
+        self._dealers: dict[int, zmq.Socket] = {}
+        self._endpoints: dict[int, str] = {}
+        self._stats: dict[int, PeerStats] = {}
+        self._router = self._bind_router(bind_endpoint)
+        for peer_id, endpoint in peers.items():
+            self.add_peer(peer_id, endpoint)
+
+    def _bind_router(self, endpoint: str) -> zmq.Socket:
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        # A restarted peer reconnects with the same identity; it must replace the stale link.
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        try:
+            router.bind(endpoint)
+        except zmq.ZMQError:
+            router.close()
+            raise
+        return router
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The ROUTER, for the event loop's poller; drain it with `recv_all`."""
+        return self._router
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint, with the real port when bound to `tcp://HOST:*`."""
+        return self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def peers(self) -> dict[int, str]:
+        return dict(self._endpoints)
+
+    def stats(self) -> dict[int, PeerStats]:
+        """Per-peer counters (a copy), for /metrics and status."""
+        return {
+            pid: PeerStats(s.sent, s.send_failures, s.received) for pid, s in self._stats.items()
+        }
+
+    def add_peer(self, peer_id: int, endpoint: str) -> None:
+        """Connect to a (new) peer; a changed endpoint replaces the old link."""
+        if peer_id == self.node_id or self._endpoints.get(peer_id) == endpoint:
+            return
+        self.remove_peer(peer_id)
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, self._identity)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        dealer.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        # Queue only on completed connections: a dead peer fails sends instead of buffering.
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        dealer.connect(endpoint)
+        self._dealers[peer_id] = dealer
+        self._endpoints[peer_id] = endpoint
+        self._stats[peer_id] = PeerStats()
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Drop a peer's link (membership change); unknown ids are ignored."""
+        dealer = self._dealers.pop(peer_id, None)
+        if dealer is not None:
+            dealer.close()
+        self._endpoints.pop(peer_id, None)
+        self._stats.pop(peer_id, None)
+
+    def send(self, msg: Message) -> bool:
+        """Queue `msg` for its receiver without blocking; False when it was dropped."""
+        dealer = self._dealers.get(msg.to)
+        if dealer is None:
+            self.unroutable_total += 1
+            return False
+        stats = self._stats[msg.to]
+        try:
+            dealer.send(encode_message(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            stats.send_failures += 1
+            return False
+        stats.sent += 1
+        return True
+
+    def recv_all(self, max_n: int) -> list[Message]:
+        """Up to `max_n` waiting messages, without blocking; bad frames are dropped."""
+        received: list[Message] = []
+        while len(received) < max_n:
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = self._accept(frames)
+            if msg is not None:
+                received.append(msg)
+        return received
+
+    def _accept(self, frames: list[bytes]) -> Message | None:
+        """The message in `frames` if it is well-formed and really meant for us.
+
+        The ROUTER's identity frame is the sender's DEALER identity, so a peer
+        cannot speak in another node's name, and a removed node cannot disrupt
+        the cluster once its link is gone.
+        """
+        if len(frames) != 2:
+            self._reject_malformed(f"expected [identity, payload], got {len(frames)} frames")
+            return None
+        identity, payload = frames
+        try:
+            msg = decode_message(payload)
+        except WireError as exc:
+            self._reject_malformed(str(exc))
+            return None
+        stats = self._stats.get(msg.frm)
+        if msg.to != self.node_id or stats is None or identity != str(msg.frm).encode():
+            self.misrouted_total += 1
+            self._log_limited(
+                f"event=misrouted_message to={msg.to} frm={msg.frm} "
+                f"link={identity[:20]!r} misrouted_total={self.misrouted_total}"
+            )
+            return None
+        stats.received += 1
+        return msg
+
+    def _reject_malformed(self, reason: str) -> None:
+        self.malformed_total += 1
+        self._log_limited(
+            f"event=malformed_frame malformed_total={self.malformed_total} reason={reason:.200}"
+        )
+
+    def _log_limited(self, text: str) -> None:
+        """Log at most once per LOG_INTERVAL_S, saying how many lines were suppressed."""
+        now = self._clock()
+        if now - self._last_log < LOG_INTERVAL_S:
+            self._suppressed += 1
+            return
+        log.warning("node=%d %s suppressed=%d", self.node_id, text, self._suppressed)
+        self._last_log = now
+        self._suppressed = 0
+
+    def close(self) -> None:
+        """Close every socket now (LINGER 0): undelivered messages are Raft's to resend."""
+        for peer_id in list(self._dealers):
+            self.remove_peer(peer_id)
+        self._router.close()
