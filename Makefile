@@ -1,0 +1,49 @@
+# raftkv developer tasks. `make run` starts a local 3-node cluster; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= conf/cluster.toml
+SEEDS  ?= 2000
+SEED   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install build run stop status test sim coverage bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed  ## create the venv and install raftkv with its test tools
+
+build: install  ## build a wheel into dist/
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
+
+run: install  ## start the local 3-node cluster of conf/cluster.toml in the background
+	$(VENV)/bin/raftkvd cluster start --config $(CONFIG)
+	$(VENV)/bin/raftctl --config $(CONFIG) status
+
+stop:  ## stop the local cluster (by the pids it recorded)
+	$(VENV)/bin/raftkvd cluster stop --config $(CONFIG)
+
+status: install
+	$(VENV)/bin/raftctl --config $(CONFIG) status
+
+test: install  ## the whole suite: core, simulator, storage, CLI, real processes
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+sim: install  ## more simulator seeds: make sim SEEDS=20000 (or SEED=1234 to replay one)
+	$(PY) -m tests.sim.run --seeds $(SEEDS) $(if $(SEED),--seed $(SEED),)
+
+coverage: install  ## line coverage of the consensus core by its tests
+	$(PY) -m pytest -q tests/core tests/sim --cov=raftkvd/raft --cov-report=term-missing
+
+bench: install  ## throughput and latency of a fresh local cluster (medians of 5 runs)
+	$(PY) -m tests.bench.run
+
+lint: install
+	$(VENV)/bin/ruff check raftkvd raftctl tests
+
+clean: stop
+	rm -rf data dist build *.egg-info .pytest_cache .coverage
