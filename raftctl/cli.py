@@ -1,0 +1,468 @@
+"""raftctl: the command line of a raftkv cluster (SPEC §4).
+
+Every failure leaves as one line on stderr and an exit code (0 ok, 1 not found
+or compare failed, 2 usage, 3 unavailable, 4 rejected); `main` is the one place
+that maps exceptions to codes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+from rich.console import Console
+from rich.live import Live
+from rich.progress import Progress
+from rich.table import Table
+
+from raftctl import render
+from raftctl.client import DEFAULT_TIMEOUT, Client, normalize_endpoint
+from raftctl.errors import EXIT_OK, EXIT_USAGE, RaftCtlError, Unavailable, UsageError
+from raftkvd.protocol import CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE, MAX_KEY_BYTES
+
+DEFAULT_ENDPOINTS = "127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063"
+ENDPOINTS_ENV = "RAFTCTL_ENDPOINTS"
+STDIN_ARG = "-"
+EXIT_INTERRUPTED = 130
+WATCH_INTERVAL = 1.0
+BENCH_OPS = ("put", "get")
+BENCH_PREFIX = "bench/"
+BENCH_GET_KEYS = 1000
+BENCH_PERCENTILES = (50, 90, 99)
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+consistency_option = click.option(
+    "--consistency",
+    type=click.Choice([CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE]),
+    default=CONSISTENCY_LINEARIZABLE,
+    show_default=True,
+    help="serializable may answer from a stale node, without a round to the leader.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The global options, resolved once for every command."""
+
+    endpoints: list[str]
+    timeout: float
+    output: str
+
+    def client(self) -> Client:
+        """A Client that is closed when the running command's context closes."""
+        return click.get_current_context().with_resource(Client(self.endpoints, self.timeout))
+
+    def done(self, data: dict[str, Any], text: str) -> None:
+        """Report a success: `data` as JSON with -o json, else the one-line `text`."""
+        if self.output == render.OUTPUT_JSON:
+            render.print_json(data)
+        else:
+            click.echo(text)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """Split "host:port,host:port" and normalize each to tcp://host:port."""
+    endpoints = [normalize_endpoint(part) for part in text.split(",") if part.strip()]
+    if not endpoints:
+        raise UsageError("no endpoints given")
+    return endpoints
+
+
+def endpoints_from_config(path: Path) -> list[str]:
+    """The `client` endpoint of every [[node]] table of a cluster TOML file (SPEC §2)."""
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise UsageError(f"cannot read config {path}: {error.strerror}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config {path}: {error}") from error
+    nodes = data.get("node")
+    if not isinstance(nodes, list) or not nodes:
+        raise UsageError(f"config {path}: no [[node]] tables")
+    endpoints = []
+    for number, node in enumerate(nodes, start=1):
+        client = node.get("client") if isinstance(node, dict) else None
+        if not isinstance(client, str) or not client:
+            raise UsageError(f"config {path}: node #{number} has no string field 'client'")
+        endpoints.append(normalize_endpoint(client))
+    return endpoints
+
+
+def _resolve_endpoints(ctx: click.Context, endpoints: str, config: Path | None) -> list[str]:
+    """--config replaces the endpoint list; giving both on the command line is ambiguous."""
+    if config is None:
+        return parse_endpoints(endpoints)
+    if ctx.get_parameter_source("endpoints") == ParameterSource.COMMANDLINE:
+        raise UsageError("give either -e/--endpoints or --config, not both")
+    return endpoints_from_config(config)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "-e",
+    "--endpoints",
+    envvar=ENDPOINTS_ENV,
+    default=DEFAULT_ENDPOINTS,
+    show_default=True,
+    show_envvar=True,
+    help="Client endpoints of the nodes, host:port,... (any node will do).",
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take the endpoints from a cluster TOML file ([[node]] client = ...).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up on a request (retries and redirects included) after this long.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(render.OUTPUTS),
+    default=render.OUTPUT_TABLE,
+    show_default=True,
+    help="Output format.",
+)
+@click.version_option(package_name="raftkv", prog_name="raftctl")
+@click.pass_context
+def cli(ctx: click.Context, endpoints: str, config: Path | None, timeout: float, output: str) -> None:
+    """Command-line client of a raftkv cluster.
+
+    Any node may be asked: followers redirect to the leader, invisibly.
+    Exit codes: 0 ok, 1 key not found or compare failed, 2 usage or
+    configuration error, 3 cluster unavailable, 4 request rejected.
+    """
+    ctx.obj = Settings(_resolve_endpoints(ctx, endpoints, config), timeout, output)
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("value")
+@pass_settings
+def put(settings: Settings, key: str, value: str) -> None:
+    """Write VALUE under KEY.
+
+    A linearizable write; VALUE "-" reads the value from stdin, verbatim.
+    """
+    if value == STDIN_ARG:
+        value = sys.stdin.read()
+    revision = settings.client().put(key, value)
+    settings.done({"key": key, "revision": revision}, "OK")
+
+
+@cli.command()
+@click.argument("key")
+@consistency_option
+@pass_settings
+def get(settings: Settings, key: str, consistency: str) -> None:
+    """Print the value of KEY.
+
+    Prints the value alone; a missing key exits 1.
+    """
+    value = settings.client().get(key, consistency)
+    settings.done({"key": key, "value": value}, value)
+
+
+@cli.command("del")
+@click.argument("key")
+@pass_settings
+def delete(settings: Settings, key: str) -> None:
+    """Delete KEY.
+
+    A linearizable delete; prints "deleted" or "not found" (exit 0 either way).
+    """
+    deleted = settings.client().delete(key)
+    settings.done({"key": key, "deleted": deleted}, "deleted" if deleted else "not found")
+
+
+@cli.command("list")
+@click.argument("prefix", default="")
+@click.option("--limit", type=click.IntRange(min=1), help="Return at most N keys.", metavar="N")
+@consistency_option
+@pass_settings
+def list_keys(settings: Settings, prefix: str, limit: int | None, consistency: str) -> None:
+    """List the keys starting with PREFIX.
+
+    Keys in key order, one per line; -o json gives keys and values.
+    """
+    items = settings.client().list(prefix, limit, consistency)
+    render.print_items(items, settings.output)
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("expected")
+@click.argument("new")
+@pass_settings
+def cas(settings: Settings, key: str, expected: str, new: str) -> None:
+    """Compare-and-set KEY from EXPECTED to NEW.
+
+    Exits 1, showing the current value, when KEY does not hold EXPECTED.
+    """
+    revision = settings.client().cas(key, expected, new)
+    settings.done({"key": key, "revision": revision}, "OK")
+
+
+@cli.command()
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+@pass_settings
+def status(settings: Settings, watch: bool) -> None:
+    """Show the status of every node.
+
+    One row per node: role, term, leader, log indices, lag behind the leader
+    and health; unreachable nodes are listed as such.
+    """
+    client = settings.client()
+    if not watch:
+        render.print_status(client.cluster(), settings.output)
+        return
+    if settings.output != render.OUTPUT_TABLE:
+        raise UsageError("status --watch draws a table; it cannot be combined with -o json|plain")
+    _watch_status(client)
+
+
+def _watch_status(client: Client) -> None:
+    """Redraw in place every WATCH_INTERVAL; Ctrl-C (exit 130) is the way out."""
+    with Live(_status_view(client), console=render.console(), auto_refresh=False) as live:
+        while True:
+            next_refresh = time.monotonic() + WATCH_INTERVAL
+            time.sleep(max(0.0, next_refresh - time.monotonic()))
+            live.update(_status_view(client), refresh=True)
+
+
+def _status_view(client: Client) -> Table:
+    """The status table; a cluster that answers nothing shows every endpoint unreachable."""
+    try:
+        nodes = client.cluster()
+        caption = f"updated {time.strftime('%H:%M:%S')}"
+    except Unavailable as error:
+        nodes = [{"endpoint": e, "reachable": False} for e in client.endpoints]
+        caption = str(error)
+    return render.make_table(render.status_rows(nodes), render.STATUS_COLUMNS, caption)
+
+
+@cli.group()
+def member() -> None:
+    """Cluster membership: list, add and remove nodes."""
+
+
+@member.command("list")
+@pass_settings
+def member_list(settings: Settings) -> None:
+    """List the nodes with their client, raft and http addresses."""
+    render.print_members(settings.client().cluster(), settings.output)
+
+
+@member.command("add")
+@click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("raft")
+@click.argument("client")
+@click.argument("http")
+def member_add(node_id: int, raft: str, client: str, http: str) -> None:
+    """Add node ID (it catches up as a non-voter first)."""
+    raise UsageError("member add is not supported yet")
+
+
+@member.command("remove")
+@click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
+def member_remove(node_id: int) -> None:
+    """Remove node ID."""
+    raise UsageError("member remove is not supported yet")
+
+
+@cli.group()
+def leader() -> None:
+    """Leadership: hand it to another node."""
+
+
+@leader.command("transfer")
+@click.option("--to", "to", type=click.IntRange(min=0), default=0, metavar="ID",
+              help="Target node (default: the most caught-up follower).")
+@pass_settings
+def leader_transfer(settings: Settings, to: int) -> None:
+    """Hand leadership to another node."""
+    leader_id = settings.client().transfer_leader(to)
+    settings.done({"leader_id": leader_id}, f"leader is node {leader_id}")
+
+
+@cli.command()
+@click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
+@pass_settings
+def snapshot(settings: Settings, node_id: int) -> None:
+    """Snapshot node ID and compact its log now."""
+    client = settings.client()
+    node = _find_node(client.cluster(), node_id)
+    index = client.snapshot(node["endpoint"])
+    settings.done({"id": node_id, "index": index}, f"node {node_id}: snapshot at index {index}")
+
+
+def _find_node(nodes: list[dict[str, Any]], node_id: int) -> dict[str, Any]:
+    node = next((n for n in nodes if n.get("id") == node_id), None)
+    if node is None:
+        raise UsageError(f"no node with id {node_id} in the cluster")
+    if not render.is_reachable(node):
+        raise Unavailable(f"node {node_id} is unreachable")
+    return node
+
+
+@cli.command()
+@click.argument("op", type=click.Choice(BENCH_OPS))
+@click.option("--clients", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Concurrent clients, each with its own session.")
+@click.option("--total", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Operations in all, split among the clients.")
+@click.option("--key-size", type=click.IntRange(1, MAX_KEY_BYTES), default=16, show_default=True,
+              metavar="BYTES")
+@click.option("--value-size", type=click.IntRange(min=0), default=256, show_default=True,
+              metavar="BYTES")
+@pass_settings
+def bench(
+    settings: Settings, op: str, clients: int, total: int, key_size: int, value_size: int
+) -> None:
+    """Load-test the cluster with puts or gets.
+
+    Runs OP (put or get) TOTAL times over CLIENTS sessions, then prints ops/s
+    and latency p50/p90/p99/max. `bench get` first writes the keys it reads
+    (at most 1000, read round-robin).
+    """
+    keys = total if op == "put" else min(total, BENCH_GET_KEYS)
+    if len(str(keys - 1)) > key_size:
+        raise UsageError(f"--key-size {key_size} is too small for {keys} distinct keys")
+    value = "x" * value_size
+
+    def put_one(client: Client, i: int) -> None:
+        client.put(bench_key(i % keys, key_size), value)
+
+    def get_one(client: Client, i: int) -> None:
+        client.get(bench_key(i % keys, key_size))
+
+    if op == "get":
+        _run_parallel(settings, clients, keys, put_one, "writing keys")
+    latencies, seconds = _run_parallel(settings, clients, total, get_one if op == "get" else put_one,
+                                       f"bench {op}")
+    result = bench_result(op, min(clients, total), latencies, seconds)
+    render.print_bench({**result, "key_size": key_size, "value_size": value_size}, settings.output)
+
+
+def bench_key(i: int, size: int) -> str:
+    """A distinct key of exactly `size` bytes, as much of "bench/" as fits, then digits."""
+    digits = str(i)
+    prefix = BENCH_PREFIX[: max(0, size - len(digits))]
+    return prefix + digits.zfill(size - len(prefix))
+
+
+def _run_parallel(
+    settings: Settings, clients: int, count: int, op: Callable[[Client, int], None], label: str
+) -> tuple[list[float], float]:
+    """Run op(client, i) for i in range(count) on `clients` threads, each with its own Client.
+
+    Returns every op's latency and the wall time. The first error stops all
+    threads and is raised here; each op is bounded by the client timeout.
+    """
+    shares = [range(n, count, clients) for n in range(min(clients, count))]
+    latencies: list[list[float]] = [[] for _ in shares]
+    errors: list[Exception] = []
+    stop = threading.Event()
+    progress = Progress(console=Console(stderr=True), disable=not sys.stderr.isatty())
+    task = progress.add_task(label, total=count)
+
+    def work(n: int) -> None:
+        try:
+            with Client(settings.endpoints, settings.timeout) as client:
+                for i in shares[n]:
+                    if stop.is_set():
+                        return
+                    start = time.perf_counter()
+                    op(client, i)
+                    latencies[n].append(time.perf_counter() - start)
+                    progress.advance(task)
+        except Exception as error:  # reported once by the main thread, never a traceback
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(n,), name=f"bench-{n}", daemon=True)
+               for n in range(len(shares))]
+    with progress:
+        started = time.perf_counter()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            stop.set()
+        seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return [latency for share in latencies for latency in share], seconds
+
+
+def bench_result(op: str, clients: int, latencies: list[float], seconds: float) -> dict[str, Any]:
+    """ops/s over the wall time, and nearest-rank latency percentiles in milliseconds."""
+    ordered = sorted(latencies)
+    latency_ms = {f"p{p}": _percentile(ordered, p) * 1000 for p in BENCH_PERCENTILES}
+    latency_ms["max"] = ordered[-1] * 1000
+    return {
+        "op": op,
+        "clients": clients,
+        "ops": len(ordered),
+        "seconds": seconds,
+        "ops_per_sec": len(ordered) / seconds if seconds > 0 else 0.0,
+        "latency_ms": latency_ms,
+    }
+
+
+def _percentile(ordered: list[float], p: int) -> float:
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console-script entry point: run raftctl and turn every failure into one line + code."""
+    try:
+        result = cli.main(args=args, prog_name="raftctl", standalone_mode=False)
+    except RaftCtlError as error:
+        _fail(str(error))
+        return error.exit_code
+    except click.exceptions.NoArgsIsHelpError as error:
+        error.show()  # a bare `raftctl` or `raftctl member`: the help, as click does
+        return EXIT_USAGE
+    except click.ClickException as error:
+        _fail(f"error: {_click_message(error)}")
+        return error.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        _fail(f"error: {error or type(error).__name__}")
+        return 1
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _click_message(error: click.ClickException) -> str:
+    """click's message, pointing at --help for usage errors instead of printing usage."""
+    message = error.format_message()
+    if isinstance(error, click.UsageError) and error.ctx is not None:
+        message += f" (see '{error.ctx.command_path} --help')"
+    return message
+
+
+def _fail(message: str) -> None:
+    """Errors are one line on stderr (SPEC §4), whatever the message holds."""
+    click.echo(message.replace("\r", "\\r").replace("\n", "\\n"), err=True)

@@ -1,0 +1,172 @@
+"""Output of raftctl: rich tables for terminals, tab-separated plain text and stable JSON.
+
+The same rows feed the table and the plain output so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from raftctl.client import TCP_SCHEME
+
+OUTPUT_TABLE = "table"
+OUTPUT_JSON = "json"
+OUTPUT_PLAIN = "plain"
+OUTPUTS = (OUTPUT_TABLE, OUTPUT_JSON, OUTPUT_PLAIN)
+
+NONE = "-"
+PIPE_WIDTH = 200
+UNREACHABLE = "unreachable"
+ROLE_LEADER = "leader"
+STATUS_COLUMNS = (
+    "ID", "ENDPOINT", "ROLE", "TERM", "LEADER", "LAST INDEX", "COMMIT", "APPLIED", "LAG", "HEALTH",
+)
+MEMBER_COLUMNS = ("ID", "CLIENT", "RAFT", "HTTP", "ROLE")
+_HEALTH_STYLES = {"healthy": "green", "unhealthy": "yellow", UNREACHABLE: "red"}
+
+Node = dict[str, Any]
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+def print_rows(rows: list[list[str]], columns: tuple[str, ...], output: str) -> None:
+    """A rich table on the terminal; one tab-separated line per row for scripts."""
+    if output == OUTPUT_PLAIN:
+        print_lines("\t".join(row) for row in rows)
+    else:
+        console().print(make_table(rows, columns))
+
+
+def console() -> Console:
+    """The terminal's width on a terminal; wide enough never to squeeze a table in a pipe."""
+    return Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+
+
+def make_table(rows: list[list[str]], columns: tuple[str, ...], caption: str | None = None) -> Table:
+    table = Table(*columns, caption=caption)
+    for row in rows:
+        table.add_row(*row, style=_row_style(row, columns))
+    return table
+
+
+def _row_style(row: list[str], columns: tuple[str, ...]) -> str | None:
+    if "HEALTH" in columns:
+        return _HEALTH_STYLES.get(row[columns.index("HEALTH")])
+    return "bold" if ROLE_LEADER in row else None
+
+
+def sorted_nodes(nodes: list[Node]) -> list[Node]:
+    return sorted(nodes, key=lambda node: node.get("id", 0))
+
+
+def is_reachable(node: Node) -> bool:
+    return bool(node.get("reachable", True))
+
+
+def leader_of(nodes: list[Node]) -> Node | None:
+    return next((n for n in nodes if is_reachable(n) and n.get("role") == ROLE_LEADER), None)
+
+
+def status_rows(nodes: list[Node]) -> list[list[str]]:
+    """One row per node, unreachable ones included (SPEC §4: shown, not dropped)."""
+    leader = leader_of(nodes)
+    return [_status_row(node, leader) for node in sorted_nodes(nodes)]
+
+
+def _status_row(node: Node, leader: Node | None) -> list[str]:
+    identity = [_cell(node.get("id")), _address(node.get("endpoint"))]
+    if not is_reachable(node):
+        return [*identity, UNREACHABLE, *[NONE] * 6, UNREACHABLE]
+    return [
+        *identity,
+        _cell(node.get("role")),
+        _cell(node.get("term")),
+        _cell(node.get("leader_id") or None),  # 0 = no known leader
+        *(_cell(node.get(f)) for f in ("last_index", "commit", "applied")),
+        _lag(node, leader),
+        "healthy" if node.get("healthy") else "unhealthy",
+    ]
+
+
+def _lag(node: Node, leader: Node | None) -> str:
+    """The leader's own measure when the node reports it, else last-index distance."""
+    if node.get("lag") is not None:
+        return _cell(node["lag"])
+    if leader is None or node.get("last_index") is None or leader.get("last_index") is None:
+        return NONE
+    return str(max(0, int(leader["last_index"]) - int(node["last_index"])))
+
+
+def _address(endpoint: str | None) -> str:
+    """host:port, as given to -e: the scheme only widens the table."""
+    return _cell(endpoint.removeprefix(TCP_SCHEME) if endpoint else None)
+
+
+def _cell(value: Any) -> str:
+    return NONE if value is None or value == "" else str(value)
+
+
+def print_status(nodes: list[Node], output: str) -> None:
+    if output == OUTPUT_JSON:
+        print_json(sorted_nodes(nodes))
+    else:
+        print_rows(status_rows(nodes), STATUS_COLUMNS, output)
+
+
+def member_rows(nodes: list[Node]) -> list[list[str]]:
+    return [
+        [
+            _cell(n.get("id")),
+            _address(n.get("endpoint")),
+            _address(n.get("raft")),
+            _cell(n.get("http")),
+            _cell(n.get("role")) if is_reachable(n) else UNREACHABLE,
+        ]
+        for n in sorted_nodes(nodes)
+    ]
+
+
+def print_members(nodes: list[Node], output: str) -> None:
+    if output == OUTPUT_JSON:
+        keys = ("id", "endpoint", "raft", "http", "role")
+        print_json(
+            [{**{k: n.get(k) for k in keys}, "reachable": is_reachable(n)} for n in sorted_nodes(nodes)]
+        )
+    else:
+        print_rows(member_rows(nodes), MEMBER_COLUMNS, output)
+
+
+def print_items(items: list[tuple[str, str]], output: str) -> None:
+    """`list`: keys only on text outputs, keys and values in JSON (SPEC §4)."""
+    if output == OUTPUT_JSON:
+        print_json([{"key": k, "value": v} for k, v in items])
+    else:
+        print_lines(k for k, _ in items)
+
+
+def print_bench(result: dict[str, Any], output: str) -> None:
+    if output == OUTPUT_JSON:
+        print_json(result)
+        return
+    latency = result["latency_ms"]
+    print_lines(
+        [
+            f"{result['op']}: {result['ops']} ops in {result['seconds']:.2f} s with "
+            f"{result['clients']} clients: {result['ops_per_sec']:.1f} ops/s",
+            "latency ms: " + "  ".join(f"{name} {value:.2f}" for name, value in latency.items()),
+        ]
+    )
