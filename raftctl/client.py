@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from raftctl.errors import (
     CompareFailed,
@@ -36,6 +37,8 @@ from raftkvd.protocol import (
 from raftkvd.wire import WireError, decode_client, encode_client
 
 DEFAULT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 0.2
+"""Seconds to wait for a connection before a try counts as failed."""
 PER_TRY_TIMEOUT = 1.0
 MIN_TRIES = 2
 BACKOFF_START = 0.010
@@ -83,6 +86,7 @@ class Client:
         self._cursor = 0
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
+        self._monitors: dict[str, zmq.Socket] = {}
 
     # -- key-value operations -------------------------------------------------
 
@@ -233,18 +237,30 @@ class Client:
         self._request_id += 1
         request_id = self._request_id
         socket = self._socket(endpoint)
+        _disconnected(self._monitors[endpoint])  # forget drops that happened before this request
+        # IMMEDIATE sockets queue only on a live connection: a dead node fails the send
+        # within CONNECT_TIMEOUT instead of swallowing the request for a whole try.
+        socket.setsockopt(zmq.SNDTIMEO, max(1, int(min(timeout, CONNECT_TIMEOUT) * 1000)))
         try:
-            socket.send(encode_client({**request, "id": request_id}), zmq.NOBLOCK)
+            socket.send(encode_client({**request, "id": request_id}))
         except zmq.Again:
             self._drop_socket(endpoint)
             return None
+        monitor = self._monitors[endpoint]
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            if not socket.poll(math.ceil(remaining * 1000), zmq.POLLIN):
+            ready = dict(poller.poll(math.ceil(remaining * 1000)))
+            if not ready:
                 break
-            reply = _decode(socket.recv_multipart()[-1])
-            if reply is not None and reply.get("id") == request_id:
-                return reply
+            if monitor in ready and _disconnected(monitor):
+                break  # the node died with our request: fail over now, not at the timeout
+            if socket in ready:
+                reply = _decode(socket.recv_multipart()[-1])
+                if reply is not None and reply.get("id") == request_id:
+                    return reply
         self._drop_socket(endpoint)
         return None
 
@@ -253,18 +269,24 @@ class Client:
         if socket is None:
             socket = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.IMMEDIATE, 1)
             try:
                 socket.connect(endpoint)
             except zmq.ZMQError as error:
                 socket.close()
                 raise UsageError(f"bad endpoint {endpoint}: {error}") from error
             self._sockets[endpoint] = socket
+            self._monitors[endpoint] = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         return socket
 
     def _drop_socket(self, endpoint: str) -> None:
         socket = self._sockets.pop(endpoint, None)
+        monitor = self._monitors.pop(endpoint, None)
         if socket is not None:
+            socket.disable_monitor()
             socket.close(linger=0)
+        if monitor is not None:
+            monitor.close(linger=0)
 
     def _next_endpoint(self) -> str:
         self._cursor = (self._cursor + 1) % len(self.endpoints)
@@ -346,3 +368,14 @@ def _decode(frame: bytes) -> Reply | None:
         return decode_client(frame)
     except WireError:
         return None
+
+
+def _disconnected(monitor: zmq.Socket) -> bool:
+    """Drain the monitor; True if the connection dropped since the request went out."""
+    dropped = False
+    while True:
+        try:
+            frames = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return dropped
+        dropped |= parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED
