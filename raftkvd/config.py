@@ -271,7 +271,7 @@ def _election_timeout(value: Any) -> tuple[int, int]:
 
 
 def _parse_nodes(raw: Any) -> tuple[NodeSettings, ...]:
-    if raw is None:
+    if raw is None or raw == []:
         raise ConfigError("node", "at least one [[node]] table is required")
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise ConfigError("node", "expected [[node]] tables")

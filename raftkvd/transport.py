@@ -96,9 +96,7 @@ class Transport:
 
     def stats(self) -> dict[int, PeerStats]:
         """Per-peer counters (a copy), for /metrics and status."""
-        return {
-            pid: PeerStats(s.sent, s.send_failures, s.received) for pid, s in self._stats.items()
-        }
+        return {pid: PeerStats(s.sent, s.send_failures, s.received) for pid, s in self._stats.items()}
 
     def add_peer(self, peer_id: int, endpoint: str) -> None:
         """Connect to a (new) peer; a changed endpoint replaces the old link."""
