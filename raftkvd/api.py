@@ -78,6 +78,13 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
             raise RequestError(Code.INVALID, "seq must be a positive integer")
     if op == Op.LIST:
         _text(body, "prefix", optional=True)
+        prefix_size = len((body.get("prefix") or "").encode())
+        if prefix_size > protocol.MAX_KEY_BYTES:
+            # the state machine raises on such a prefix, which would stop the node's loop
+            raise RequestError(
+                Code.TOO_LARGE,
+                f"prefix must be at most {protocol.MAX_KEY_BYTES} bytes, got {prefix_size}",
+            )
         limit = body.get("limit")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise RequestError(Code.INVALID, "limit must be a non-negative integer")
@@ -86,7 +93,8 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
         protocol.CONSISTENCY_SERIALIZABLE,
     ):
         raise RequestError(Code.INVALID, "consistency must be linearizable or serializable")
-    if op == Op.TRANSFER and not isinstance(body.get("to", 0), int):
+    to = body.get("to", 0)
+    if op == Op.TRANSFER and (type(to) is not int or to < 0):  # bool is an int: refuse it too
         raise RequestError(Code.INVALID, "to must be a node id")
     return op
 

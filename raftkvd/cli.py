@@ -24,7 +24,7 @@ def _fail(message: str, code: int) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+def cli() -> None:
     """raftkvd: a replicated, strongly consistent key-value store on Raft.
 
     Run one node in the foreground with `raftkvd run`, or a local development cluster
@@ -32,10 +32,11 @@ def main() -> None:
     """
 
 
-@main.command()
+@cli.command()
 @click.option("--config", "config_path", envvar="RAFTKVD_CONFIG", type=click.Path(dir_okay=False),
               help="Cluster TOML file (env RAFTKVD_CONFIG).")
-@click.option("--id", "node_id", type=int, envvar="RAFTKVD_ID", help="This node's id (env RAFTKVD_ID).")
+# RAFTKVD_ID is read by load_settings (not click), so a bad value is reported as one line.
+@click.option("--id", "node_id", type=int, help="This node's id (env RAFTKVD_ID).")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Override the node's data_dir (env RAFTKVD_DATA_DIR).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -67,7 +68,7 @@ def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_
         _fail(f"node {settings.node.id}: {exc}", EXIT_RUNTIME)
 
 
-@main.group()
+@cli.group()
 def cluster() -> None:
     """The local development cluster: every node of a cluster file as a background process."""
 
@@ -114,3 +115,19 @@ def status(config_path: str) -> None:
     """Show each local node: process state and Raft role."""
     for line in _local_cluster(config_path).status_lines():
         click.echo(line)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: usage errors are one line and exit code 2, like config errors."""
+    try:
+        cli.main(args=args, prog_name="raftkvd", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(EXIT_CONFIG)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(f"{exc.format_message()}{hint}", EXIT_CONFIG)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)

@@ -30,7 +30,7 @@ from .peerstatus import fetch_statuses
 from .protocol import Code, Op
 from .raft import ProposalDropped, RaftConfig, RaftNode
 from .raft.log import RaftLogError
-from .raft.messages import NONE, ConfState, EntryType, Ready, StateRole
+from .raft.messages import NONE, ConfState, EntryType, Message, Ready, StateRole
 from .statemachine import KVStateMachine
 from .storage import LogStore
 from .transport import Transport
@@ -196,13 +196,11 @@ class Node:
     def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_role_change(rd.soft_state.role, rd.soft_state.leader)
-        for msg in rd.messages:
-            self.transport.send(msg)
+        self._send_all(rd.messages)
         results: list[dict[str, Any]] = []
         if rd.must_sync() or rd.committed_entries:
             results = self._persist_and_apply(rd)
-        for msg in rd.persisted_messages:
-            self.transport.send(msg)
+        self._send_all(rd.persisted_messages)
         if rd.snapshot is not None:
             self.applied = rd.snapshot.meta.index
             self._membership_changed()
@@ -216,6 +214,11 @@ class Node:
                 self.reads_waiting.append(batch)
         self.core.advance(rd)
         self._serve_reads()
+
+    def _send_all(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if not self.transport.send(msg):
+                self.core.report_unreachable(msg.to)  # stop streaming into a full or dead link
 
     def _persist_and_apply(self, rd: Ready) -> list[dict[str, Any]]:
         try:
@@ -372,9 +375,15 @@ class Node:
         if self.role != StateRole.LEADER:
             self._redirect(request)
             return
+        if self.pending_transfer is not None:
+            self._fail(request, Code.UNAVAILABLE, "a leadership transfer is already in progress")
+            return
         target = request.body.get("to") or self._best_transferee()
         if target == NONE or target == self.id:
             self._fail(request, Code.INVALID, "no other voter to transfer leadership to")
+            return
+        if target not in self.core.status().conf.voters:
+            self._fail(request, Code.INVALID, f"node {target} is not a voter of this cluster")
             return
         self.core.transfer_leadership(target)
         self.pending_transfer = (request, time.monotonic() + TRANSFER_TIMEOUT_S)
