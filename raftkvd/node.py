@@ -24,7 +24,7 @@ import zmq
 from . import protocol, sdnotify
 from .api import ClientEndpoint, Request
 from .config import Settings
-from .errors import NoSpaceError
+from .errors import InvalidRequest, NoSpaceError
 from .lmdbenv import LmdbEnv
 from .peerstatus import fetch_statuses
 from .protocol import Code, Op
@@ -163,7 +163,12 @@ class Node:
                           self.id, msg.type.name, msg.frm, exc)
         self._no_space = self.env.used_bytes() > NO_SPACE_FRACTION * self.env.map_size
         for request in self.client.recv_all(MAX_BATCH):
-            self._handle(request)
+            try:
+                self._handle(request)
+            except InvalidRequest as exc:
+                self._fail(request, Code.INVALID, str(exc))
+            except NoSpaceError as exc:
+                self._fail(request, Code.NO_SPACE, str(exc))
         while True:
             try:
                 self._wake_pull.recv(zmq.NOBLOCK)
@@ -197,16 +202,16 @@ class Node:
         if rd.soft_state is not None:
             self._on_role_change(rd.soft_state.role, rd.soft_state.leader)
         self._send_all(rd.messages)
-        results: list[dict[str, Any]] = []
         if rd.must_sync() or rd.committed_entries:
-            results = self._persist_and_apply(rd)
+            self._persist_and_apply(rd)
         self._send_all(rd.persisted_messages)
         if rd.snapshot is not None:
             self.applied = rd.snapshot.meta.index
             self._membership_changed()
         if rd.committed_entries:
             self.applied = rd.committed_entries[-1].index
-            self._answer_writes(rd, results)
+            if any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries):
+                self._membership_changed()
         for state in rd.read_states:
             batch = self.reads_by_ctx.pop(state.context, None)
             if batch is not None:
@@ -220,15 +225,18 @@ class Node:
             if not self.transport.send(msg):
                 self.core.report_unreachable(msg.to)  # stop streaming into a full or dead link
 
-    def _persist_and_apply(self, rd: Ready) -> list[dict[str, Any]]:
+    def _persist_and_apply(self, rd: Ready) -> None:
         try:
             with self.env.write() as batch:
                 self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
                 if rd.snapshot is not None:
                     self.sm.restore(rd.snapshot.data, batch=batch)
-                results = self.sm.apply(rd.committed_entries, batch=batch) if rd.committed_entries else []
-                self._maybe_compact(rd, batch)
-            return results
+                if rd.committed_entries:
+                    results = self.sm.apply(rd.committed_entries, batch=batch)
+                    # Committed entries are durable on a majority already, and a crash before this
+                    # transaction commits re-applies them identically: answer before our fsync.
+                    self._answer_writes(rd, results)
+                    self._maybe_compact(rd, batch)
         except NoSpaceError:
             # Nothing of this Ready reached disk; acknowledging it would lie. Stop cleanly
             # (the supervisor restarts us) rather than run with memory ahead of disk.
@@ -237,17 +245,13 @@ class Node:
             raise
 
     def _maybe_compact(self, rd: Ready, batch: Any) -> None:
-        if not rd.committed_entries:
-            return
         applied = rd.committed_entries[-1].index
         threshold = self.settings.cluster.snapshot_threshold
         if applied - self.logstore.first_index() > threshold + COMPACTION_KEEP:
             self.logstore.compact(applied - COMPACTION_KEEP, batch=batch)
 
     def _answer_writes(self, rd: Ready, results: list[dict[str, Any]]) -> None:
-        membership = False
         for entry, result in zip(rd.committed_entries, results, strict=True):
-            membership |= entry.type == EntryType.CONF_CHANGE
             pending = self.pending_writes.pop(entry.index, None)
             if pending is None:
                 continue
@@ -255,8 +259,6 @@ class Node:
                 self._fail(pending.request, Code.UNAVAILABLE, "leadership changed; retry")
             else:
                 self.client.respond(pending.request, result)
-        if membership:
-            self._membership_changed()
 
     def _membership_changed(self) -> None:
         self.members = self._member_addresses()
