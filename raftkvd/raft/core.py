@@ -118,7 +118,7 @@ class RaftNode:
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
         self.need_broadcast = False
-        self.snapshot_buffer: tuple[SnapshotMeta, bytearray] | None = None
+        self.snapshot_buffer: tuple[tuple[SnapshotMeta, int, int], bytearray] | None = None
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self.become_follower(self.term, NONE)
@@ -533,15 +533,20 @@ class RaftNode:
         )
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
-        """Assemble chunks in order; a gap or a different snapshot restarts from what we hold."""
+        """Assemble chunks in order; a gap or a stale chunk is answered with the offset we hold.
+
+        Only offset 0 of another stream (snapshot, sender or term) starts a new buffer: a late
+        duplicate of chunk 0 must not throw away what this stream has assembled.
+        """
         meta = m.snapshot_meta
         if meta is None:
             return
+        stream = (meta, m.frm, m.term)
         held = self.snapshot_buffer
-        buf = held[1] if held is not None and held[0] == meta else None
-        if m.offset == 0:
+        buf = held[1] if held is not None and held[0] == stream else None
+        if m.offset == 0 and buf is None:
             buf = bytearray()
-        self.snapshot_buffer = (meta, buf) if buf is not None else None
+        self.snapshot_buffer = (stream, buf) if buf is not None else None
         if buf is None or len(buf) != m.offset:
             have = len(buf) if buf is not None else 0
             self._send(self._snapshot_ack(m, have, reject=True))
@@ -623,6 +628,8 @@ class RaftNode:
         elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
             pr.become_probe()
             pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()  # it installed a snapshot we have since compacted past: send a newer one
         else:
             pr.inflights.free_le(m.index)
         self._maybe_commit()
@@ -642,12 +649,15 @@ class RaftNode:
             self._ack_read_round(m.frm, m.context)
 
     def _handle_snapshot_response(self, m: Message, pr: Progress) -> None:
+        """Stop-and-wait: only a response that moves the offset forward, or a rejection saying the
+        follower lost chunks, sends a chunk; stale or duplicated responses must not start new streams."""
         transfer = pr.transfer
         if transfer is None or m.index != transfer.snapshot.meta.index:
             return
-        transfer.offset = m.offset
-        transfer.idle_ticks = 0
-        self._send_snapshot_chunk(m.frm, pr)
+        if m.offset > transfer.offset or (m.reject and m.offset < transfer.offset):
+            transfer.offset = m.offset
+            transfer.idle_ticks = 0
+            self._send_snapshot_chunk(m.frm, pr)
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
         """Send what `to` is missing, or a snapshot when it is compacted away; False when nothing went out."""
