@@ -17,11 +17,12 @@ import msgpack
 from .errors import StorageCorruptError
 from .lmdbenv import LOG, RAFT_META, Batch, LmdbEnv
 from .raft.messages import ConfState, Entry, EntryType, HardState, Snapshot
-from .raft.storage import CompactedError, UnavailableError
+from .raft.storage import CompactedError, UnavailableError, limit_size
 
 _INDEX = struct.Struct(">Q")
 _HARD_STATE = b"hard_state"
 _COMPACTED = b"compacted"
+RECENT_ENTRIES = 4096
 
 
 class AppState(Protocol):
@@ -66,6 +67,9 @@ class LogStore:
         self._app = app
         self._log = env.db(LOG)
         self._meta = env.db(RAFT_META)
+        self._recent: list[Entry] = []
+        """The newest entries, contiguous up to the last index: the leader sends and applies
+        these right after writing them, so they are served without an LMDB read and decode."""
         with env.read() as txn:
             self._bounds = self._read_bounds(txn)
 
@@ -92,6 +96,9 @@ class LogStore:
             return b.snap_term
         if index == b.last_index:
             return b.last_term
+        recent = self._recent
+        if recent and index >= recent[0].index:
+            return recent[index - recent[0].index].term
         with self._env.read() as txn:
             return self._entry(txn, index).term
 
@@ -104,6 +111,10 @@ class LogStore:
         out: list[Entry] = []
         if lo >= hi:
             return out
+        recent = self._recent
+        if recent and lo >= recent[0].index:
+            start = recent[0].index
+            return limit_size(recent[lo - start : hi - start], max_bytes)
         total = 0
         with self._env.read() as txn:
             cursor = txn.cursor(db=self._log)
@@ -138,8 +149,10 @@ class LogStore:
         with self._env.join(batch) as b:
             if snapshot is not None and not snapshot.is_empty():
                 self._apply_snapshot(b.txn, snapshot)
+                b.on_commit(self._recent.clear)
             if entries:
                 self._append(b.txn, entries)
+                b.on_commit(lambda: self._remember(entries))
             if hard_state is not None:
                 value = [hard_state.term, hard_state.vote, hard_state.commit]
                 b.txn.put(_HARD_STATE, msgpack.packb(value), db=self._meta)
@@ -206,6 +219,17 @@ class LogStore:
             return _Bounds(snap_index, snap_term, snap_index, snap_term)
         last = _decode_entry(cursor.key(), cursor.value())
         return _Bounds(snap_index, snap_term, last.index, last.term)
+
+    def _remember(self, entries: list[Entry]) -> None:
+        recent = self._recent
+        first = self._bounds.snap_index + 1
+        if recent and recent[0].index <= entries[0].index <= recent[-1].index + 1:
+            del recent[entries[0].index - recent[0].index :]
+            recent.extend(entries)
+        else:
+            recent[:] = entries
+        drop = max(len(recent) - RECENT_ENTRIES, first - recent[0].index, 0)
+        del recent[:drop]
 
     def _refresh_on_commit(self, batch: Batch) -> None:
         """Cache what this transaction wrote, but only once it is durable."""
