@@ -85,8 +85,7 @@ class Client:
         self._request_id = 0
         self._cursor = 0
         self._context = zmq.Context.instance()
-        self._sockets: dict[str, zmq.Socket] = {}
-        self._monitors: dict[str, zmq.Socket] = {}
+        self._links: dict[str, _Link] = {}
 
     # -- key-value operations -------------------------------------------------
 
@@ -164,7 +163,7 @@ class Client:
 
     def close(self) -> None:
         """Close every socket at once (LINGER 0: unsent requests are dropped)."""
-        for endpoint in list(self._sockets):
+        for endpoint in list(self._links):
             self._drop_socket(endpoint)
 
     def __enter__(self) -> Client:
@@ -236,57 +235,49 @@ class Client:
         """
         self._request_id += 1
         request_id = self._request_id
-        socket = self._socket(endpoint)
-        _disconnected(self._monitors[endpoint])  # forget drops that happened before this request
-        # IMMEDIATE sockets queue only on a live connection: a dead node fails the send
-        # within CONNECT_TIMEOUT instead of swallowing the request for a whole try.
-        socket.setsockopt(zmq.SNDTIMEO, max(1, int(min(timeout, CONNECT_TIMEOUT) * 1000)))
+        link = self._link(endpoint)
+        _disconnected(link.monitor)  # forget drops that happened before this request
         try:
-            socket.send(encode_client({**request, "id": request_id}))
+            link.socket.send(encode_client({**request, "id": request_id}))
         except zmq.Again:
             self._drop_socket(endpoint)
             return None
-        monitor = self._monitors[endpoint]
-        poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(math.ceil(remaining * 1000)))
+            ready = dict(link.poller.poll(math.ceil(remaining * 1000)))
             if not ready:
                 break
-            if monitor in ready and _disconnected(monitor):
+            if link.monitor in ready and _disconnected(link.monitor):
                 break  # the node died with our request: fail over now, not at the timeout
-            if socket in ready:
-                reply = _decode(socket.recv_multipart()[-1])
+            if link.socket in ready:
+                reply = _decode(link.socket.recv_multipart()[-1])
                 if reply is not None and reply.get("id") == request_id:
                     return reply
         self._drop_socket(endpoint)
         return None
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
-        socket = self._sockets.get(endpoint)
-        if socket is None:
+    def _link(self, endpoint: str) -> _Link:
+        link = self._links.get(endpoint)
+        if link is None:
             socket = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            # IMMEDIATE sockets queue only on a live connection: a dead node fails the send
+            # within CONNECT_TIMEOUT instead of swallowing the request for a whole try.
             socket.setsockopt(zmq.IMMEDIATE, 1)
+            socket.setsockopt(zmq.SNDTIMEO, int(CONNECT_TIMEOUT * 1000))
             try:
                 socket.connect(endpoint)
             except zmq.ZMQError as error:
                 socket.close()
                 raise UsageError(f"bad endpoint {endpoint}: {error}") from error
-            self._sockets[endpoint] = socket
-            self._monitors[endpoint] = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        return socket
+            link = _Link(socket, socket.get_monitor_socket(zmq.EVENT_DISCONNECTED))
+            self._links[endpoint] = link
+        return link
 
     def _drop_socket(self, endpoint: str) -> None:
-        socket = self._sockets.pop(endpoint, None)
-        monitor = self._monitors.pop(endpoint, None)
-        if socket is not None:
-            socket.disable_monitor()
-            socket.close(linger=0)
-        if monitor is not None:
-            monitor.close(linger=0)
+        link = self._links.pop(endpoint, None)
+        if link is not None:
+            link.close()
 
     def _next_endpoint(self) -> str:
         self._cursor = (self._cursor + 1) % len(self.endpoints)
@@ -368,6 +359,22 @@ def _decode(frame: bytes) -> Reply | None:
         return decode_client(frame)
     except WireError:
         return None
+
+
+class _Link:
+    """One node's DEALER, with a monitor that reports the connection dropping."""
+
+    def __init__(self, socket: zmq.Socket, monitor: zmq.Socket) -> None:
+        self.socket = socket
+        self.monitor = monitor
+        self.poller = zmq.Poller()
+        self.poller.register(socket, zmq.POLLIN)
+        self.poller.register(monitor, zmq.POLLIN)
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self.socket.close(linger=0)
+        self.monitor.close(linger=0)
 
 
 def _disconnected(monitor: zmq.Socket) -> bool:
