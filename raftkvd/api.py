@@ -8,6 +8,8 @@ counted, never raised.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,8 @@ class Request:
     id: int
     op: Op
     body: dict[str, Any]
+    received: float | None = None
+    """time.perf_counter() at arrival, for the request-duration metric."""
 
     @property
     def key(self) -> str:
@@ -99,12 +103,19 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
     return op
 
 
+Observer = Callable[[str, str, float | None], None]
+"""Told (op, code, arrival time) of every answer: the node's metrics hook."""
+REJECTED_OP = "rejected"
+"""The op label of requests answered before they had a valid op."""
+
+
 class ClientEndpoint:
     """Owned by the node's event loop; not thread-safe."""
 
     def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int) -> None:
         self.max_value_bytes = max_value_bytes
         self.malformed_total = 0
+        self.observer: Observer | None = None
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, HWM)
@@ -143,8 +154,10 @@ class ClientEndpoint:
             op = validate(body, self.max_value_bytes)
         except RequestError as exc:
             self.reply_error(identity, req_id, exc.code, str(exc))
+            if self.observer is not None:
+                self.observer(REJECTED_OP, exc.code.value, None)
             return None
-        return Request(identity, req_id, op, body)
+        return Request(identity, req_id, op, body, time.perf_counter())
 
     def reply(self, identity: bytes, req_id: int, fields: dict[str, Any]) -> None:
         frame = encode_client({"id": req_id, **fields})
@@ -155,6 +168,8 @@ class ClientEndpoint:
 
     def respond(self, request: Request, fields: dict[str, Any]) -> None:
         self.reply(request.identity, request.id, fields)
+        if self.observer is not None:
+            self.observer(request.op.value, str(fields.get("code", "")), request.received)
 
     def reply_error(self, identity: bytes, req_id: int, code: Code, message: str) -> None:
         self.reply(identity, req_id, {"code": code.value, "error": message})

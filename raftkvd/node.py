@@ -25,12 +25,14 @@ from . import protocol, sdnotify
 from .api import ClientEndpoint, Request
 from .config import Settings
 from .errors import InvalidRequest, NoSpaceError
+from .http.server import HttpServer
 from .lmdbenv import LmdbEnv
+from .metrics import NodeMetrics, Snapshot
 from .peerstatus import fetch_statuses
 from .protocol import Code, Op
 from .raft import ProposalDropped, RaftConfig, RaftNode
 from .raft.log import RaftLogError
-from .raft.messages import NONE, ConfState, EntryType, Message, Ready, StateRole
+from .raft.messages import NONE, ConfState, EntryType, Message, MessageType, Ready, StateRole
 from .statemachine import KVStateMachine
 from .storage import LogStore
 from .transport import Transport
@@ -46,6 +48,8 @@ TRANSFER_TIMEOUT_S = 3.0
 CLUSTER_STATUS_TIMEOUT_S = 1.0
 COMPACTION_KEEP = 1000
 """Entries kept behind a compaction so slightly lagging followers need no snapshot."""
+PUBLISH_INTERVAL_S = 0.1
+"""How often the loop hands a fresh status Snapshot to the HTTP thread (/health, /metrics)."""
 
 
 @dataclass
@@ -107,6 +111,16 @@ class Node:
         self.leader_id = NONE
         self.leader_changes = 0
         self.started_at = time.monotonic()
+        self._start_commit = self._seen_commit = self.core.status().commit
+        self._caught_up = False
+        self.published: Snapshot | None = None
+        self._next_publish = 0.0
+        self.metrics = NodeMetrics(lambda: self.published)
+        self.client.observer = self.metrics.observe_client
+        for op in Op:
+            self.metrics.declare_client(op.value, Code.OK.value)
+        self.http = HttpServer(settings.node.http, settings.node.client, settings.cluster.max_value_bytes,
+                               lambda: self.published, self.metrics, name=f"raftkvd-http-{self.id}")
 
     # ==== setup ================================================================================
     def _bootstrap(self) -> None:
@@ -139,10 +153,12 @@ class Node:
             poller.register(sock, zmq.POLLIN)
         tick_s = TICK_MS / 1000
         next_tick = time.monotonic() + tick_s
-        log.info("node=%d event=serving raft=%s client=%s", self.id, self.settings.node.raft,
-                 self.settings.node.client)
-        sdnotify.notify("READY=1")
         try:
+            self._publish()
+            self.http.start()
+            log.info("node=%d event=serving raft=%s client=%s http=%s", self.id, self.settings.node.raft,
+                     self.settings.node.client, self.settings.node.http)
+            sdnotify.notify("READY=1")
             while not self._stopping:
                 timeout_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
                 poller.poll(timeout_ms)
@@ -150,12 +166,16 @@ class Node:
                 next_tick = self._tick(next_tick, tick_s)
                 self._flush_reads()
                 self._process_ready()
+                if time.monotonic() >= self._next_publish:
+                    self._publish()
         finally:
             sdnotify.notify("STOPPING=1")
             self._shutdown()
 
     def _receive(self) -> None:
         for msg in self.transport.recv_all(MAX_BATCH):
+            if msg.type == MessageType.HEARTBEAT_RESP:
+                self.metrics.peer_rtt.heartbeat_answered(msg.frm, time.monotonic())
             try:
                 self.core.step(msg)
             except RaftLogError as exc:  # a message contradicting committed state: drop it
@@ -208,8 +228,12 @@ class Node:
         if rd.snapshot is not None:
             self.applied = rd.snapshot.meta.index
             self._membership_changed()
+        if rd.hard_state is not None and rd.hard_state.commit > self._seen_commit:
+            self.metrics.proposals_committed.inc(rd.hard_state.commit - self._seen_commit)
+            self._seen_commit = rd.hard_state.commit
         if rd.committed_entries:
             self.applied = rd.committed_entries[-1].index
+            self.metrics.proposals_applied.inc(len(rd.committed_entries))
             if any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries):
                 self._membership_changed()
         for state in rd.read_states:
@@ -222,17 +246,22 @@ class Node:
 
     def _send_all(self, messages: list[Message]) -> None:
         for msg in messages:
+            if msg.type == MessageType.HEARTBEAT:
+                self.metrics.peer_rtt.heartbeat_sent(msg.to, time.monotonic())
             if not self.transport.send(msg):
                 self.core.report_unreachable(msg.to)  # stop streaming into a full or dead link
 
     def _persist_and_apply(self, rd: Ready) -> None:
+        started = time.perf_counter()
         try:
             with self.env.write() as batch:
                 self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
                 if rd.snapshot is not None:
                     self.sm.restore(rd.snapshot.data, batch=batch)
                 if rd.committed_entries:
+                    apply_started = time.perf_counter()
                     results = self.sm.apply(rd.committed_entries, batch=batch)
+                    self.metrics.apply_txn.observe(time.perf_counter() - apply_started)
                     # Committed entries are durable on a majority already, and a crash before this
                     # transaction commits re-applies them identically: answer before our fsync.
                     self._answer_writes(rd, results)
@@ -243,6 +272,7 @@ class Node:
             log.critical("node=%d event=storage_full action=stopping", self.id)
             self._stopping = True
             raise
+        self.metrics.log_fsync.observe(time.perf_counter() - started)
 
     def _maybe_compact(self, rd: Ready, batch: Any) -> None:
         applied = rd.committed_entries[-1].index
@@ -256,6 +286,7 @@ class Node:
             if pending is None:
                 continue
             if pending.term != entry.term:
+                self.metrics.proposals_failed.inc()
                 self._fail(pending.request, Code.UNAVAILABLE, "leadership changed; retry")
             else:
                 self.client.respond(pending.request, result)
@@ -271,6 +302,7 @@ class Node:
                 self.transport.add_peer(peer, endpoint)
 
     def _on_role_change(self, role: StateRole, leader: int) -> None:
+        self._next_publish = 0.0  # /health and /ready learn of it at the end of this turn
         if leader != self.leader_id:
             self.leader_changes += 1
             log.info("node=%d term=%d event=leader_changed leader=%d role=%s",
@@ -286,6 +318,7 @@ class Node:
 
     def _fail_all_pending(self) -> None:
         """Leadership is gone: answer now so clients retry elsewhere (their session dedups)."""
+        self.metrics.proposals_failed.inc(len(self.pending_writes))
         for pending in self.pending_writes.values():
             self._redirect(pending.request)
         self.pending_writes.clear()
@@ -316,6 +349,7 @@ class Node:
             self._redirect(request)
             return
         if self._no_space:
+            self.metrics.proposals_failed.inc()
             self._fail(request, Code.NO_SPACE, "storage full: writes are refused, reads still work")
             return
         body = request.body
@@ -323,6 +357,7 @@ class Node:
         try:
             index = self.core.propose(msgpack.packb(command))
         except ProposalDropped as exc:
+            self.metrics.proposals_failed.inc()
             self._fail(request, Code.UNAVAILABLE, str(exc))
             return
         self.pending_writes[index] = PendingWrite(request, self.core.term)
@@ -447,6 +482,8 @@ class Node:
             "applied": self.applied,
             "keys": self.sm.key_count(),
             "healthy": st.leader != NONE,
+            "ready": self._is_ready(st.leader),
+            "pending_proposals": len(self.pending_writes),
             "voters": sorted(st.conf.voters),
             "learners": sorted(st.conf.learners),
             "leader_changes": self.leader_changes,
@@ -459,7 +496,21 @@ class Node:
             info["progress"] = {str(pid): p.match for pid, p in st.progress.items()}
         return info
 
+    def _is_ready(self, leader: int) -> bool:
+        """/ready: a leader is known, and what was committed when this node started has been
+        applied (latched: once caught up, only the leader decides)."""
+        if not self._caught_up and self.applied >= self._start_commit:
+            self._caught_up = True
+        return self._caught_up and leader != NONE
+
+    def _publish(self) -> None:
+        """Hand a fresh, never-mutated status to other threads; rebinding is atomic."""
+        failures = {peer: s.send_failures for peer, s in self.transport.stats().items()}
+        self.published = Snapshot(time.monotonic(), self.status(), failures)
+        self._next_publish = self.published.at + PUBLISH_INTERVAL_S
+
     def _shutdown(self) -> None:
+        self.http.stop()
         for pending in self.pending_writes.values():
             self._fail(pending.request, Code.UNAVAILABLE, "node shutting down")
         self._background.shutdown(wait=True, cancel_futures=True)
