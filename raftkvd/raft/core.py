@@ -620,7 +620,6 @@ class RaftNode:
                     pr.become_probe()
                 self._send_append(m.frm)
             return
-        was_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
             return
         if pr.state == ProgressState.PROBE:
