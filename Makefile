@@ -30,7 +30,8 @@ stop:  ## stop the local cluster (by the pids it recorded)
 status: install
 	$(VENV)/bin/raftctl --config $(CONFIG) status
 
-test: install  ## the whole suite: core, simulator, storage, CLI, real processes
+test: install  ## the whole suite: core, simulator, storage, CLI, real processes, web view
+	bash scripts/ensure-chromium.sh  # headless Chromium for tests/http/test_web_view.py (root: apt-get)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 sim: install  ## more simulator seeds: make sim SEEDS=20000 (or SEED=1234 to replay one)

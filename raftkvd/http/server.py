@@ -37,6 +37,7 @@ from raftkvd.metrics import NodeMetrics, Snapshot
 from raftkvd.protocol import Code
 
 from .forward import ForwardClient
+from .webview import WebView
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class RestApi:
         self.max_value_bytes = max_value_bytes
         self.body_limit = max_value_bytes + BODY_SLACK_BYTES
         self.openapi = _load_openapi()
+        self.web = WebView()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.body_limit, middlewares=[self._middleware])
@@ -131,6 +133,7 @@ class RestApi:
         app.router.add_get("/cluster", self.cluster)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/openapi.json", self.openapi_json)
+        self.web.add_routes(app.router)  # GET /: the live web view
         app.router.add_get("/kv", self.kv_list)
         # any character, newlines included: the key itself is taken from the raw path (_key)
         app.router.add_get("/kv/{key:[\\s\\S]*}", self.kv_get)

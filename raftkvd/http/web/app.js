@@ -1,0 +1,191 @@
+// raftkv web view: polls this node's /cluster once a second and draws the cluster.
+// Plain JavaScript, no dependencies, no build step; nothing is loaded from elsewhere.
+"use strict";
+
+const CLUSTER_URL = "/cluster";
+const REFRESH_MS = 1000;
+const FETCH_TIMEOUT_MS = 4000;   // /cluster waits up to 1 s for unreachable nodes
+const HISTORY = 60;              // write-rate samples kept: about a minute
+const SPARK_WIDTH = 600;
+const SPARK_HEIGHT = 90;
+const SPARK_PAD = 4;
+const NONE = "–";
+const LAG_WARN = 100;            // entries behind the leader before a lag is shown as a warning
+
+const rate = { samples: [], last: null };  // last: {at: ms, commit: index}
+
+function $(id) {
+  return document.getElementById(id);
+}
+
+function isReachable(node) {
+  return node.reachable !== false;
+}
+
+/** The node that leads in the highest term (an old leader may not know it was replaced). */
+function leaderOf(nodes) {
+  let best = null;
+  for (const node of nodes) {
+    if (isReachable(node) && node.role === "leader" && (best === null || node.term > best.term)) {
+      best = node;
+    }
+  }
+  return best;
+}
+
+function text(value) {
+  return value === undefined || value === null || value === "" ? NONE : String(value);
+}
+
+function cell(tag, content, className) {
+  const element = document.createElement(tag);
+  if (className) element.className = className;
+  if (content instanceof Node) element.append(content);
+  else element.textContent = text(content);
+  return element;
+}
+
+function badge(label, kind) {
+  const span = document.createElement("span");
+  span.className = `badge badge-${kind}`;
+  span.textContent = label;
+  return span;
+}
+
+function nodeLabel(node) {
+  const wrap = document.createElement("span");
+  wrap.className = "node-name";
+  wrap.append(`Node ${node.id}`);
+  const where = document.createElement("span");
+  where.className = "endpoint";
+  where.textContent = node.http ? `http ${node.http}` : text(node.endpoint).replace(/^tcp:\/\//, "");
+  wrap.append(where);
+  return wrap;
+}
+
+function nodeRow(node, leader) {
+  const row = document.createElement("tr");
+  row.dataset.nodeId = String(node.id);
+  if (!isReachable(node)) {
+    row.className = "node unreachable";
+    row.dataset.role = "unreachable";
+    row.append(cell("th", nodeLabel(node)), cell("td", badge("unreachable", "unreachable")));
+    for (let i = 0; i < 7; i++) row.append(cell("td", null, "num"));
+    row.firstChild.setAttribute("scope", "row");
+    return row;
+  }
+  const isLeader = leader !== null && node.id === leader.id;
+  row.className = isLeader ? "node leader" : "node";
+  row.dataset.role = node.role;
+  if (isLeader) row.setAttribute("aria-current", "true");
+  const lag = leader === null || node.applied === undefined
+    ? null : Math.max(0, leader.last_index - node.applied);
+  const roleCell = cell("td", badge(node.role, node.role));
+  if (!node.healthy) roleCell.append(" ", badge("no leader", "warn"));
+  row.append(
+    cell("th", nodeLabel(node)),
+    roleCell,
+    cell("td", node.term, "num"),
+    cell("td", node.leader_id ? `node ${node.leader_id}` : "none", "num"),
+    cell("td", node.last_index, "num"),
+    cell("td", node.commit, "num"),
+    cell("td", node.applied, "num"),
+    cell("td", lag, lag !== null && lag >= LAG_WARN ? "num lagging" : "num"),
+    cell("td", node.keys, "num"),
+  );
+  row.firstChild.setAttribute("scope", "row");
+  return row;
+}
+
+/** Writes per second from the growth of the leader's commit index between two polls. */
+function sampleRate(nodes, leader, at) {
+  const source = leader !== null ? [leader] : nodes.filter(isReachable);
+  const commits = source.map((n) => n.commit).filter((c) => typeof c === "number");
+  if (commits.length === 0) return;
+  const commit = Math.max(...commits);
+  const last = rate.last;
+  rate.last = { at, commit };
+  if (last === null || commit < last.commit || at <= last.at) return;  // first sample, or a reset
+  rate.samples.push((commit - last.commit) / ((at - last.at) / 1000));
+  if (rate.samples.length > HISTORY) rate.samples.shift();
+}
+
+function formatRate(value) {
+  return value >= 100 ? value.toFixed(0) : value.toFixed(1);
+}
+
+function drawSparkline() {
+  const samples = rate.samples;
+  const peak = samples.length ? Math.max(...samples) : 0;
+  const scale = Math.max(peak, 1);
+  const step = (SPARK_WIDTH - 2 * SPARK_PAD) / (HISTORY - 1);
+  const start = SPARK_WIDTH - SPARK_PAD - step * (samples.length - 1);
+  const bottom = SPARK_HEIGHT - 1;
+  const points = samples.map((value, i) => {
+    const x = start + step * i;
+    const y = bottom - (value / scale) * (SPARK_HEIGHT - 2 * SPARK_PAD);
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  });
+  $("spark-line").setAttribute("points", points.join(" "));
+  $("spark-area").setAttribute("d", points.length > 1
+    ? `M${start.toFixed(1)},${bottom} L${points.join(" L")} L${(SPARK_WIDTH - SPARK_PAD).toFixed(1)},${bottom} Z`
+    : "");
+  $("spark-peak").textContent = formatRate(peak);
+  const now = samples.length ? formatRate(samples[samples.length - 1]) : NONE;
+  $("stat-rate").textContent = now;
+  $("sparkline-title").textContent = samples.length
+    ? `Writes per second over the last ${samples.length} s: now ${now}, peak ${formatRate(peak)}`
+    : "Writes per second: no samples yet";
+}
+
+function render(nodes, at) {
+  const leader = leaderOf(nodes);
+  const up = nodes.filter(isReachable);
+  const rows = [...nodes].sort((a, b) => a.id - b.id).map((node) => nodeRow(node, leader));
+  $("node-rows").replaceChildren(...rows);
+  sampleRate(nodes, leader, at);
+  drawSparkline();
+
+  const terms = up.map((n) => n.term).filter((t) => typeof t === "number");
+  $("stat-leader").textContent = leader ? `node ${leader.id}` : "none";
+  $("stat-term").textContent = terms.length ? String(Math.max(...terms)) : NONE;
+  $("stat-commit").textContent = leader ? String(leader.commit) : NONE;
+  $("stat-up").textContent = `${up.length} of ${nodes.length}`;
+
+  const down = nodes.length - up.length;
+  const parts = [`${nodes.length} node${nodes.length === 1 ? "" : "s"}`];
+  parts.push(leader ? `leader: node ${leader.id} (term ${leader.term})` : "no leader");
+  if (down) parts.push(`${down} unreachable`);
+  $("summary").textContent = parts.join(" · ");
+  document.body.dataset.state = leader ? (down ? "degraded" : "live") : "no-leader";
+  $("updated").textContent = new Date().toLocaleTimeString();
+  $("updated").setAttribute("datetime", new Date().toISOString());
+}
+
+function renderError(message) {
+  document.body.dataset.state = "error";
+  $("summary").textContent = `This node is not answering (${message}); retrying every second…`;
+}
+
+async function refresh() {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+  try {
+    const response = await fetch(CLUSTER_URL, {
+      cache: "no-store", signal: controller.signal, headers: { Accept: "application/json" },
+    });
+    const body = await response.json().catch(() => null);
+    if (!response.ok || !Array.isArray(body)) {
+      renderError(body && body.error ? body.error : `HTTP ${response.status}`);
+    } else {
+      render(body, performance.now());
+    }
+  } catch (error) {
+    renderError(error.name === "AbortError" ? "timed out" : "connection failed");
+  } finally {
+    clearTimeout(timer);
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+refresh();

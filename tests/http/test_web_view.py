@@ -1,0 +1,200 @@
+"""GET /, the live web view (SPEC §5): static files shipped in the package and served by
+every node, rendered by headless Chromium against a live three-node cluster. The pages are
+also saved as screenshots under artifacts/ (web-view.png, web-view-unreachable.png)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from browser import MISSING_REASON, WINDOW_SIZE, Chromium, Dom, Element, chromium_path
+from cluster import HOST, ProcCluster, wait_for
+from http_helpers import call, follower, http_port, put
+
+from raftkvd.http.webview import CONTENT_SECURITY_POLICY, WEB_FILES
+
+pytestmark = pytest.mark.timeout(240)
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+WRITES = 20
+WRITER_MAX_WRITES = 50_000
+WRITER_MAX_S = 120.0
+SPARK_BASELINE_Y = 89.0
+"""The y of a zero rate in the sparkline's 600x90 viewBox (app.js: SPARK_HEIGHT - 1)."""
+STATIC_REF = re.compile(r'(?:src|href)="(/static/[^"]+)"')
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Chromium:
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(MISSING_REASON)
+    return Chromium(executable, tmp_path / "chromium-profile")
+
+
+def view_url(cluster: ProcCluster, node_id: int) -> str:
+    return f"http://{HOST}:{http_port(cluster, node_id)}/"
+
+
+def node_rows(dom: Dom) -> dict[int, Element]:
+    return {int(row.attrs["data-node-id"]): row for row in dom.nodes}
+
+
+def render_when(chromium: Chromium, url: str, what: str, ready: Callable[[Dom], bool]) -> Dom:
+    """The rendered DOM once it shows `what`: the cluster may still be settling (an election,
+    a stopped node's status timing out), so render again until it does."""
+    last: list[Dom] = []
+
+    def probe() -> Dom | None:
+        dom = chromium.dump_dom(url)
+        last[:] = [dom]
+        return dom if ready(dom) else None
+
+    def describe() -> str:
+        if not last:
+            return "(nothing rendered)"
+        dom = last[0]
+        rows = {i: (sorted(r.classes), r.text) for i, r in node_rows(dom).items()}
+        return f"summary={dom.text('summary')!r} rows={rows}"
+
+    return wait_for(what, probe, 60.0, describe)
+
+
+def test_the_web_view_is_served_from_the_package_and_loads_nothing_from_elsewhere(
+    http_cluster: ProcCluster,
+) -> None:
+    port = http_port(http_cluster, follower(http_cluster))
+    page = call(port, "GET", "/")
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    html = page.body.decode()
+    referenced = set(STATIC_REF.findall(html))
+    assert referenced == {f"/static/{name}" for name in WEB_FILES if name != "index.html"}
+    bodies = [html]
+    for path in sorted(referenced):
+        reply = call(port, "GET", path)
+        assert reply.status == 200, path
+        assert reply.headers["Content-Type"].split(";")[0] == WEB_FILES[path.rsplit("/", 1)[1]]
+        bodies.append(reply.body.decode())
+    for body in bodies:  # no CDN, no web font, no remote anything: works offline
+        assert "http://" not in body and "https://" not in body and "url(" not in body
+
+
+@pytest.mark.parametrize("path", ["/static/", "/static/nope.js", "/static/index.html",
+                                  "/static/../server.py", "/static/%2e%2e/webview.py", "/index.html"])
+def test_only_the_shipped_web_files_are_served(http_cluster: ProcCluster, path: str) -> None:
+    reply = call(http_port(http_cluster, follower(http_cluster)), "GET", path)
+    assert reply.status == 404 and reply.is_json_error(), reply.body
+
+
+def test_the_web_view_shows_every_node_and_highlights_the_leader(
+    http_cluster: ProcCluster, chromium: Chromium
+) -> None:
+    leader = http_cluster.wait_for_leader()
+    viewer = follower(http_cluster)
+    for n in range(WRITES):
+        assert put(http_port(http_cluster, leader), f"web/{n}", "v").status == 200
+    url = view_url(http_cluster, viewer)
+
+    dom = render_when(chromium, url, "all three nodes with one leader", lambda d: (
+        len(d.nodes) == 3 and sum("leader" in r.classes for r in d.nodes) == 1))
+
+    rows = node_rows(dom)
+    assert sorted(rows) == http_cluster.ids
+    assert http_cluster.leader() == leader, "the leader changed while the page was rendered"
+    highlighted = [i for i, row in rows.items() if "leader" in row.classes]
+    assert highlighted == [leader]
+    assert rows[leader].attrs["data-role"] == "leader" and rows[leader].attrs["aria-current"] == "true"
+    for node_id, row in rows.items():
+        assert f"Node {node_id}" in row.text
+        assert "unreachable" not in row.classes
+        if node_id != leader:
+            assert row.attrs["data-role"] == "follower" and "follower" in row.text
+        assert f"node {leader}" in row.text  # the leader each node follows
+    assert dom.body is not None and dom.body.attrs["data-state"] == "live"
+    assert dom.text("stat-leader") == f"node {leader}"
+    assert dom.text("stat-up") == "3 of 3"
+    assert int(dom.text("stat-commit")) >= WRITES
+    assert f"leader: node {leader}" in dom.text("summary")
+    # a write rate was sampled from successive polls and drawn
+    assert len(dom.by_id["spark-line"].attrs["points"].split()) >= 2
+    assert dom.text("sparkline-title").startswith("Writes per second over the last")
+
+    size = chromium.screenshot(url, ARTIFACTS / "web-view.png")
+    assert size == WINDOW_SIZE
+
+
+@contextmanager
+def writing(port: int) -> Iterator[list[int]]:
+    """Writes through `port` in a thread until the block ends (bounded in count and time);
+    yields a one-item list holding the count of successful writes so far."""
+    done = threading.Event()
+    written = [0]
+
+    def work() -> None:
+        deadline = time.monotonic() + WRITER_MAX_S
+        for n in range(WRITER_MAX_WRITES):
+            if done.is_set() or time.monotonic() > deadline:
+                return
+            if put(port, f"rate/{n}", "v").status == 200:
+                written[0] += 1
+
+    thread = threading.Thread(target=work, name="web-view-writer", daemon=True)
+    thread.start()
+    try:
+        yield written
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_the_write_rate_sparkline_rises_while_writes_arrive(
+    http_cluster: ProcCluster, chromium: Chromium
+) -> None:
+    leader = http_cluster.wait_for_leader()
+    url = view_url(http_cluster, follower(http_cluster))
+    with writing(http_port(http_cluster, leader)) as written:
+        wait_for("the first writes", lambda: written[0] > 0, 20.0)
+        dom = render_when(chromium, url, "a write rate above zero",
+                          lambda d: float(d.text("spark-peak")) > 0)
+        assert chromium.screenshot(url, ARTIFACTS / "web-view-writing.png") == WINDOW_SIZE
+    points = [tuple(map(float, p.split(","))) for p in dom.by_id["spark-line"].attrs["points"].split()]
+    assert len(points) >= 2
+    assert min(y for _, y in points) < SPARK_BASELINE_Y, "no point of the line rises above zero"
+
+
+def test_the_web_view_shows_a_stopped_node_as_unreachable(
+    make_cluster: Callable[..., ProcCluster], chromium: Chromium
+) -> None:
+    cluster = make_cluster()
+    old_leader = cluster.start_all()
+    assert cluster.stop(old_leader) == 0
+    new_leader = cluster.wait_for_leader(exclude=[old_leader])
+    viewer = next(i for i in cluster.ids if i not in (old_leader, new_leader))
+    url = view_url(cluster, viewer)
+
+    def shows_it(dom: Dom) -> bool:
+        rows = node_rows(dom)
+        return (old_leader in rows and "unreachable" in rows[old_leader].classes
+                and new_leader in rows and "leader" in rows[new_leader].classes)
+
+    dom = render_when(chromium, url, f"node {old_leader} unreachable, node {new_leader} leading",
+                      shows_it)
+
+    rows = node_rows(dom)
+    assert sorted(rows) == cluster.ids, "an unreachable node stays listed"
+    gone = rows[old_leader]
+    assert gone.attrs["data-role"] == "unreachable" and "unreachable" in gone.text
+    assert "leader" not in gone.classes
+    assert [i for i, row in rows.items() if "leader" in row.classes] == [new_leader]
+    assert all("unreachable" not in rows[i].classes for i in cluster.ids if i != old_leader)
+    assert dom.body is not None and dom.body.attrs["data-state"] == "degraded"
+    assert "1 unreachable" in dom.text("summary")
+    assert dom.text("stat-up") == "2 of 3"
+
+    assert chromium.screenshot(url, ARTIFACTS / "web-view-unreachable.png") == WINDOW_SIZE
