@@ -121,7 +121,9 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = max(min(rejected, match_hint + 1), 1)
+        # Never below match + 1: a delayed rejection of an old probe must not undo what the
+        # follower has acknowledged (else a snapshot it already covers is sent, forever).
+        self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True
 

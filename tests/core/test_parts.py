@@ -97,6 +97,7 @@ def test_probing_after_a_snapshot_resumes_past_it() -> None:
         (ProgressState.PROBE, 0, 10, 5, 0, False, 10),  # stale: not our probe
         (ProgressState.PROBE, 0, 10, 9, 3, True, 4),
         (ProgressState.PROBE, 0, 10, 9, 20, True, 9),
+        (ProgressState.PROBE, 5, 6, 5, 4, True, 6),  # never below match + 1 (seed 7460)
     ],
 )
 def test_rejection_moves_next_back_unless_it_is_stale(

@@ -225,3 +225,29 @@ def test_empty_storage_snapshot_is_never_sent() -> None:
     pr.recent_active = True
     assert net.node(1)._start_snapshot(2, pr) is False
     assert Snapshot().is_empty()
+
+
+def test_stale_rejection_never_sends_a_follower_back_below_its_match() -> None:
+    """A delayed rejection of an old probe must not move `next` to or below `match`: the leader would
+    then send a snapshot the follower already covers, get an acknowledgement that moves nothing,
+    and stay in SNAPSHOT forever (found by the simulator, seed 7460 on 3 nodes)."""
+    net = Net(3, pre_vote=True, check_quorum=False)
+    net.elect(1)
+    for i in range(4):
+        net.propose(1, b"w%d" % i)
+    leader = net.node(1)
+    match = leader.prs[3].match
+    assert match == leader.log.last_index() == 5
+    leader.report_unreachable(3)  # back to probing at match + 1
+    stale = Message(
+        MT.APPEND_RESP, to=1, frm=3, term=leader.term, index=match, reject=True, reject_hint=match - 1
+    )
+    leader.step(stale)
+    assert leader.prs[3].next == match + 1
+    net.peers[1].storage.compact(leader.log.applied, ConfState(frozenset((1, 2, 3))), DATA)
+    net.stabilize()
+    net.tick_all(2 * leader.cfg.election_tick)
+    assert leader.prs[3].state is not ProgressState.SNAPSHOT
+    index = net.propose(1, b"after")
+    net.tick_all(2)
+    assert net.node(3).log.committed >= index
