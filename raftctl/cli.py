@@ -7,12 +7,9 @@ that maps exceptions to codes.
 
 from __future__ import annotations
 
-import math
 import sys
-import threading
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from raftctl import render
+from raftctl.bench import LoadRun, RequestMaker, bench_key, bench_result
 from raftctl.client import DEFAULT_TIMEOUT, Client, normalize_endpoint
 from raftctl.errors import EXIT_OK, EXIT_USAGE, RaftCtlError, Unavailable, UsageError
 from raftkvd.protocol import CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE, MAX_KEY_BYTES
@@ -35,9 +33,7 @@ STDIN_ARG = "-"
 EXIT_INTERRUPTED = 130
 WATCH_INTERVAL = 1.0
 BENCH_OPS = ("put", "get")
-BENCH_PREFIX = "bench/"
 BENCH_GET_KEYS = 1000
-BENCH_PERCENTILES = (50, 90, 99)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 consistency_option = click.option(
@@ -348,90 +344,30 @@ def bench(
         raise UsageError(f"--key-size {key_size} is too small for {keys} distinct keys")
     value = "x" * value_size
 
-    def put_one(client: Client, i: int) -> None:
-        client.put(bench_key(i % keys, key_size), value)
+    def put_request(i: int) -> dict[str, Any]:
+        return {"op": "put", "key": bench_key(i % keys, key_size), "value": value}
 
-    def get_one(client: Client, i: int) -> None:
-        client.get(bench_key(i % keys, key_size))
+    def get_request(i: int) -> dict[str, Any]:
+        return {"op": "get", "key": bench_key(i % keys, key_size), "consistency": "linearizable"}
 
     if op == "get":
-        _run_parallel(settings, clients, keys, put_one, "writing keys")
-    latencies, seconds = _run_parallel(settings, clients, total, get_one if op == "get" else put_one,
-                                       f"bench {op}")
+        _run_load(settings, clients, keys, put_request, "writing keys")
+    latencies, seconds = _run_load(settings, clients, total,
+                                   get_request if op == "get" else put_request, f"bench {op}")
     result = bench_result(op, min(clients, total), latencies, seconds)
     render.print_bench({**result, "key_size": key_size, "value_size": value_size}, settings.output)
 
 
-def bench_key(i: int, size: int) -> str:
-    """A distinct key of exactly `size` bytes, as much of "bench/" as fits, then digits."""
-    digits = str(i)
-    prefix = BENCH_PREFIX[: max(0, size - len(digits))]
-    return prefix + digits.zfill(size - len(prefix))
-
-
-def _run_parallel(
-    settings: Settings, clients: int, count: int, op: Callable[[Client, int], None], label: str
+def _run_load(
+    settings: Settings, clients: int, count: int, make_request: RequestMaker, label: str
 ) -> tuple[list[float], float]:
-    """Run op(client, i) for i in range(count) on `clients` threads, each with its own Client.
-
-    Returns every op's latency and the wall time. The first error stops all
-    threads and is raised here; each op is bounded by the client timeout.
-    """
-    shares = [range(n, count, clients) for n in range(min(clients, count))]
-    latencies: list[list[float]] = [[] for _ in shares]
-    errors: list[Exception] = []
-    stop = threading.Event()
+    """Run `count` operations over `clients` sessions with a progress bar on stderr."""
     progress = Progress(console=Console(stderr=True), disable=not sys.stderr.isatty())
     task = progress.add_task(label, total=count)
-
-    def work(n: int) -> None:
-        try:
-            with Client(settings.endpoints, settings.timeout) as client:
-                for i in shares[n]:
-                    if stop.is_set():
-                        return
-                    start = time.perf_counter()
-                    op(client, i)
-                    latencies[n].append(time.perf_counter() - start)
-                    progress.advance(task)
-        except Exception as error:  # reported once by the main thread, never a traceback
-            errors.append(error)
-            stop.set()
-
-    threads = [threading.Thread(target=work, args=(n,), name=f"bench-{n}", daemon=True)
-               for n in range(len(shares))]
     with progress:
-        started = time.perf_counter()
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
-            stop.set()
-        seconds = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return [latency for share in latencies for latency in share], seconds
-
-
-def bench_result(op: str, clients: int, latencies: list[float], seconds: float) -> dict[str, Any]:
-    """ops/s over the wall time, and nearest-rank latency percentiles in milliseconds."""
-    ordered = sorted(latencies)
-    latency_ms = {f"p{p}": _percentile(ordered, p) * 1000 for p in BENCH_PERCENTILES}
-    latency_ms["max"] = ordered[-1] * 1000
-    return {
-        "op": op,
-        "clients": clients,
-        "ops": len(ordered),
-        "seconds": seconds,
-        "ops_per_sec": len(ordered) / seconds if seconds > 0 else 0.0,
-        "latency_ms": latency_ms,
-    }
-
-
-def _percentile(ordered: list[float], p: int) -> float:
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+        run = LoadRun(settings.endpoints, settings.timeout, clients, count, make_request,
+                      on_done=lambda n: progress.advance(task, n))
+        return run.run()
 
 
 def main(args: list[str] | None = None) -> int:

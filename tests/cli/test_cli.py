@@ -441,34 +441,6 @@ def test_snapshot_of_an_unknown_or_unreachable_node_fails(cluster, node_id, code
 # -- bench -------------------------------------------------------------------------------------
 
 
-def test_bench_put_splits_the_total_over_clients_with_their_own_sessions(cluster):
-    result = run("-o", "json", "bench", "put", "--clients", "4", "--total", "50", "--key-size", "12")
-    assert result.code == 0, result.err
-    report = json.loads(result.out)
-    assert report["ops"] == 50 and report["clients"] == 4
-    assert set(report["latency_ms"]) == {"p50", "p90", "p99", "max"}
-    assert len(cluster.data) == 50 and {len(k) for k in cluster.data} == {12}
-    assert len(cluster.sessions) == 4
-
-
-def test_bench_get_writes_the_keys_it_reads_first(cluster):
-    result = run("bench", "get", "--clients", "3", "--total", "30")
-    assert result.code == 0, result.err
-    assert "ops/s" in result.out and "p99" in result.out
-    first_get = next(i for i, (call, _) in enumerate(cluster.calls) if call == "get")
-    assert all(call == "put" for call, _ in cluster.calls[:first_get])
-    read = [arg[0] for call, arg in cluster.calls if call == "get"]
-    assert len(read) == 30 and set(read) <= set(cluster.data)
-
-
-def test_bench_stops_at_the_first_error_and_reports_it_as_one_line(cluster):
-    cluster.fail_with = Unavailable("no leader reachable at x within 5.0s")
-    result = run("bench", "put", "--total", "1000")
-    assert result.code == 3
-    assert_one_line(result.err)
-    assert len(cluster.calls) < 1000
-
-
 def test_bench_key_size_must_fit_the_key_count(cluster):
     assert run("bench", "put", "--total", "1000", "--key-size", "2").code == 2
 
