@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import random
 import time
@@ -50,6 +51,13 @@ COMPACTION_KEEP = 1000
 """Entries kept behind a compaction so slightly lagging followers need no snapshot."""
 PUBLISH_INTERVAL_S = 0.1
 """How often the loop hands a fresh status Snapshot to the HTTP thread (/health, /metrics)."""
+ENV_TEST_UNSAFE_LOCAL_READS = "RAFTKVD_TEST_UNSAFE_LOCAL_READS"
+"""TEST ONLY (tests/chaos): "1" makes a leader answer linearizable reads from its own state
+without a ReadIndex round, a deliberately broken read path whose stale reads the chaos checker
+must catch. Never set it outside that test; the node logs a loud warning when it is on."""
+ENV_TEST_RAFT_BIND = "RAFTKVD_TEST_RAFT_BIND"
+"""TEST ONLY (tests/chaos): bind the Raft ROUTER here (tcp://HOST:PORT) instead of the node's
+`raft` address, which peers keep dialing: a fault proxy listens there and forwards to this."""
 
 
 @dataclass
@@ -92,7 +100,9 @@ class Node:
         self.applied = self.sm.applied_index()
         self.core = RaftNode(raft_config(settings, self.applied), self.logstore, random.Random())
         self.members = self._member_addresses()
-        self.transport = Transport(self.ctx, self.id, settings.node.raft, self._raft_peers())
+        self.raft_bind = os.environ.get(ENV_TEST_RAFT_BIND) or settings.node.raft
+        self.unsafe_local_reads = os.environ.get(ENV_TEST_UNSAFE_LOCAL_READS) == "1"
+        self.transport = Transport(self.ctx, self.id, self.raft_bind, self._raft_peers())
         self.client = ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes)
         self._wake_pull = self.ctx.socket(zmq.PULL)
         self._wake_addr = f"inproc://raftkvd-wake-{id(self)}"
@@ -158,6 +168,12 @@ class Node:
             self.http.start()
             log.info("node=%d event=serving raft=%s client=%s http=%s", self.id, self.settings.node.raft,
                      self.settings.node.client, self.settings.node.http)
+            if self.raft_bind != self.settings.node.raft:
+                log.warning("node=%d event=test_hook %s=%s", self.id, ENV_TEST_RAFT_BIND, self.raft_bind)
+            if self.unsafe_local_reads:
+                log.warning("node=%d event=test_hook %s=1 UNSAFE: linearizable reads are served locally "
+                            "without ReadIndex and may be stale; for the chaos checker's own test only",
+                            self.id, ENV_TEST_UNSAFE_LOCAL_READS)
             sdnotify.notify("READY=1")
             while not self._stopping:
                 timeout_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
@@ -343,6 +359,10 @@ class Node:
             self._handle_transfer(request)
         elif op == Op.SNAPSHOT:
             self._handle_snapshot(request)
+        elif op == Op.HASH:  # scans every key: on request only, never in status()
+            self.client.respond(
+                request, {"code": Code.OK.value, "hash": self.sm.hash(), "applied": self.applied}
+            )
 
     def _handle_write(self, request: Request) -> None:
         if self.role != StateRole.LEADER:
@@ -367,6 +387,8 @@ class Node:
             self._serve_read(request)
         elif self.role != StateRole.LEADER:
             self._redirect(request)
+        elif self.unsafe_local_reads:
+            self._serve_read(request)  # TEST ONLY (ENV_TEST_UNSAFE_LOCAL_READS): may be stale
         else:
             self.read_batch.requests.append(request)
 

@@ -14,6 +14,8 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   cluster:(none)                          -> nodes: [status, ...] (every node, unreachable included)
   transfer: to (int, 0 = any)             -> leader_id
   snapshot: (none)                        -> index
+  hash:   (none)                          -> hash (sha256 hex of the kv state), applied
+          (this node's state machine; computed on request: it scans every key)
 Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
            "leader": str? (the leader's client endpoint), ...result fields}
 """
@@ -38,6 +40,7 @@ class Op(enum.StrEnum):
     CLUSTER = "cluster"
     TRANSFER = "transfer"
     SNAPSHOT = "snapshot"
+    HASH = "hash"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})

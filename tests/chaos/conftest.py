@@ -1,8 +1,11 @@
-"""Makes the chaos helpers (`linearizability`, `history`) importable from the tests beside them."""
+"""Makes the chaos helpers (`linearizability`, `history`, the harness modules) importable from the
+tests beside them, and tests/integration's ProcCluster (`cluster`) that the harness builds on."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+_HERE = Path(__file__).parent
+for _path in (_HERE.parent / "integration", _HERE):
+    sys.path.insert(0, str(_path))

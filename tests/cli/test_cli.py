@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from raftctl import cli
 from raftctl.cli import bench_key, bench_result, endpoints_from_config, main
-from raftctl.errors import CompareFailed, KeyNotFound, RaftCtlError, Unavailable, UsageError
+from raftctl.errors import CompareFailed, KeyNotFound, RaftCtlError, UsageError
 
 SLACK = 1.0
 RAFTCTL = Path(sys.executable).parent / "raftctl"
