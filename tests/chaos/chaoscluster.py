@@ -1,0 +1,93 @@
+"""ChaosCluster: a ProcCluster whose peer links all run through a FaultNet.
+
+Every node advertises (in the one shared cluster file) a front port of the fault proxy as its
+`raft` address, and binds its Raft ROUTER on a private port instead (raftkvd's test-only hook
+RAFTKVD_TEST_RAFT_BIND). So every peer message crosses the proxy, while each node's membership
+table -- which snapshots copy from node to node -- holds the same addresses on every node.
+Client (`client`) and REST (`http`) endpoints are direct: faults there are kills and pauses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from cluster import DEFAULT_MAX_VALUE_BYTES, DEV_PORTS, HOST, RAFTKVD, ProcCluster, clean_env
+from faultproxy import FaultNet
+
+ENV_RAFT_BIND = "RAFTKVD_TEST_RAFT_BIND"
+ENV_UNSAFE_LOCAL_READS = "RAFTKVD_TEST_UNSAFE_LOCAL_READS"
+FORBIDDEN_PORTS = frozenset(DEV_PORTS) | frozenset(range(8080, 8083))
+"""The dev cluster of conf/cluster.toml (raft, client and http ports): never listen there."""
+HASH_TIMEOUT_S = 2.0
+
+
+class ChaosCluster(ProcCluster):
+    """Real raftkvd processes with a fault proxy on every directed peer link (`net`)."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        *,
+        seed: int | None = None,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        snapshot_threshold: int | None = None,
+        unsafe_local_reads: bool = False,
+        log_level: str = "info",
+    ) -> None:
+        super().__init__(root, size, max_value_bytes=max_value_bytes, snapshot_threshold=snapshot_threshold,
+                         log_level=log_level)
+        self.unsafe_local_reads = unsafe_local_reads
+        self.net = FaultNet(HOST, seed=seed, avoid_ports=FORBIDDEN_PORTS)
+        self.bind_ports: dict[int, int] = {}
+        try:
+            for node_id, spec in self.specs.items():
+                self.bind_ports[node_id] = spec.raft_port
+                spec.raft_port = self.net.add_node(node_id, spec.raft_port)
+        except BaseException:
+            self.close()
+            raise
+        # Rewritten: peers now dial the proxy fronts.
+        self.config_path.write_text(self._toml(max_value_bytes, snapshot_threshold))
+
+    def bind_endpoint(self, node_id: int) -> str:
+        return f"tcp://{HOST}:{self.bind_ports[node_id]}"
+
+    def start(self, node_id: int) -> subprocess.Popen[bytes]:
+        """Start one node (as ProcCluster.start) with its Raft bind address behind the proxy."""
+        assert not self.is_running(node_id), f"node {node_id} is already running"
+        spec = self.specs[node_id]
+        env = clean_env()
+        env["RAFTKVD_LOG_LEVEL"] = self.log_level
+        env[ENV_RAFT_BIND] = self.bind_endpoint(node_id)
+        if self.unsafe_local_reads:
+            env[ENV_UNSAFE_LOCAL_READS] = "1"
+        with open(spec.log_path, "ab") as log:
+            log.write(f"==== chaos harness: starting node {node_id} ====\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                [*RAFTKVD, "run", "--config", str(self.config_path), "--id", str(node_id)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )
+        self.procs[node_id] = proc
+        self.started.append(proc)
+        self.paused.discard(node_id)
+        return proc
+
+    def kv_hash(self, node_id: int, timeout: float = HASH_TIMEOUT_S) -> tuple[str, int] | None:
+        """(sha256 of the node's kv state, its applied index), read in one loop turn; None if silent."""
+        if not self.is_running(node_id) or node_id in self.paused:
+            return None
+        reply = self.request(node_id, {"op": "hash"}, timeout)
+        if reply is None or reply.get("code") != "ok":
+            return None
+        return str(reply["hash"]), int(reply["applied"])
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            net = getattr(self, "net", None)
+            if net is not None:
+                net.close()
