@@ -5,9 +5,11 @@ PY     := $(VENV)/bin/python
 CONFIG ?= conf/cluster.toml
 SEEDS  ?= 2000
 SEED   ?=
+DURATION ?= 600
+NODES  ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install build run stop status test sim coverage bench lint clean
+.PHONY: install build run stop status test sim chaos coverage bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +38,9 @@ test: install  ## the whole suite: core, simulator, storage, CLI, real processes
 
 sim: install  ## more simulator seeds: make sim SEEDS=20000 (or SEED=1234 to replay one)
 	$(PY) -m tests.sim.run --seeds $(SEEDS) $(if $(SEED),--seed $(SEED),)
+
+chaos: install  ## real clusters under faults, history checked: make chaos DURATION=600 (NODES=3|5, 0 alternates)
+	$(PY) -m tests.chaos.run --duration $(DURATION) --nodes $(NODES)
 
 coverage: install  ## line coverage of the consensus core by its tests
 	$(PY) -m pytest -q tests/core tests/sim --cov=raftkvd/raft --cov-report=term-missing
