@@ -122,7 +122,11 @@ class ClientEndpoint:
         self.socket.setsockopt(zmq.RCVHWM, HWM)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_FRAME)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.socket.bind(bind)
+        try:
+            self.socket.bind(bind)
+        except zmq.ZMQError:
+            self.socket.close(0)
+            raise
 
     def recv_all(self, max_n: int) -> list[Request]:
         requests: list[Request] = []

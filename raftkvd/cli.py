@@ -98,6 +98,11 @@ def start(config_path: str, timeout: float) -> None:
     leader = local.wait_for_leader(timeout)
     if leader is None:
         _fail(f"no leader elected within {timeout:.0f}s; see the logs in each data dir", EXIT_RUNTIME)
+    dead = list(local.dead_nodes())
+    for line in dead:
+        click.echo(line, err=True)
+    if dead:
+        _fail(f"leader is node {leader}, but {len(dead)} node(s) did not start", EXIT_RUNTIME)
     click.echo(f"cluster ready: leader is node {leader}")
 
 

@@ -62,6 +62,17 @@ class LocalCluster:
             (node.data_dir / PID_FILE).write_text(f"{proc.pid}\n")
             yield f"node {node.id}: started (pid {proc.pid}, log {node.data_dir / LOG_FILE})"
 
+    def dead_nodes(self) -> Iterator[str]:
+        """A line for each node whose process is gone, with the last line of its log."""
+        for node in self.cluster.nodes:
+            if self._pid(node) is None:
+                log_file = node.data_dir / LOG_FILE
+                try:
+                    last = log_file.read_text(errors="replace").strip().splitlines()[-1]
+                except (OSError, IndexError):
+                    last = "no log"
+                yield f"node {node.id}: not running ({log_file}): {last}"
+
     def statuses(self, timeout: float = 1.0) -> list[dict]:
         members = {node.id: node.client for node in self.cluster.nodes}
         return fetch_statuses(zmq.Context.instance(), members, timeout)

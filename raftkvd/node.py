@@ -9,6 +9,7 @@ after it (SPEC §7).
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import logging
@@ -16,9 +17,10 @@ import os
 import queue
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import zmq
@@ -42,6 +44,8 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 
 TICK_MS = 10
+BIND_RETRY_S = 5.0
+T = TypeVar("T")
 GC_YOUNG_THRESHOLD = 50_000
 MAX_BATCH = 4096
 """Messages or requests taken from one socket per loop turn: bounds a turn's latency."""
@@ -60,6 +64,19 @@ must catch. Never set it outside that test; the node logs a loud warning when it
 ENV_TEST_RAFT_BIND = "RAFTKVD_TEST_RAFT_BIND"
 """TEST ONLY (tests/chaos): bind the Raft ROUTER here (tcp://HOST:PORT) instead of the node's
 `raft` address, which peers keep dialing: a fault proxy listens there and forwards to this."""
+
+
+def _bind_retrying(make: Callable[[], T]) -> T:
+    """Retry a bind that fails with EADDRINUSE for a few seconds: on one host, a peer's
+    short-lived outgoing connection may hold our port as its ephemeral source port."""
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            return make()
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @dataclass
@@ -104,8 +121,12 @@ class Node:
         self.members = self._member_addresses()
         self.raft_bind = os.environ.get(ENV_TEST_RAFT_BIND) or settings.node.raft
         self.unsafe_local_reads = os.environ.get(ENV_TEST_UNSAFE_LOCAL_READS) == "1"
-        self.transport = Transport(self.ctx, self.id, self.raft_bind, self._raft_peers())
-        self.client = ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes)
+        self.transport = _bind_retrying(
+            lambda: Transport(self.ctx, self.id, self.raft_bind, self._raft_peers())
+        )
+        self.client = _bind_retrying(
+            lambda: ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes)
+        )
         self._wake_pull = self.ctx.socket(zmq.PULL)
         self._wake_addr = f"inproc://raftkvd-wake-{id(self)}"
         self._wake_pull.bind(self._wake_addr)
