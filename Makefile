@@ -6,7 +6,7 @@ CONFIG ?= conf/cluster.toml
 SEEDS  ?= 2000
 SEED   ?=
 DURATION ?= 600
-NODES  ?= 0
+NODES  ?=
 PYTEST_ARGS ?=
 
 .PHONY: install build run stop status test sim chaos coverage bench lint clean
@@ -36,11 +36,11 @@ test: install  ## the whole suite: core, simulator, storage, CLI, real processes
 	bash scripts/ensure-chromium.sh  # headless Chromium for tests/http/test_web_view.py (root: apt-get)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-sim: install  ## more simulator seeds: make sim SEEDS=20000 (or SEED=1234 to replay one)
-	$(PY) -m tests.sim.run --seeds $(SEEDS) $(if $(SEED),--seed $(SEED),)
+sim: install  ## more simulator seeds: make sim SEEDS=20000 (or SEED=1234 NODES=3 to replay one)
+	$(PY) -m tests.sim.run --seeds $(SEEDS) $(if $(SEED),--seed $(SEED),) $(if $(NODES),--nodes $(NODES),)
 
 chaos: install  ## real clusters under faults, history checked: make chaos DURATION=600 (NODES=3|5, 0 alternates)
-	$(PY) -m tests.chaos.run --duration $(DURATION) --nodes $(NODES)
+	$(PY) -m tests.chaos.run --duration $(DURATION) --nodes $(if $(NODES),$(NODES),0)
 
 coverage: install  ## line coverage of the consensus core by its tests
 	$(PY) -m pytest -q tests/core tests/sim --cov=raftkvd/raft --cov-report=term-missing
