@@ -9,6 +9,8 @@ Client (`client`) and REST (`http`) endpoints are direct: faults there are kills
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
 from pathlib import Path
 
@@ -20,6 +22,33 @@ ENV_UNSAFE_LOCAL_READS = "RAFTKVD_TEST_UNSAFE_LOCAL_READS"
 FORBIDDEN_PORTS = frozenset(DEV_PORTS) | frozenset(range(8080, 8083))
 """The dev cluster of conf/cluster.toml (raft, client and http ports): never listen there."""
 HASH_TIMEOUT_S = 2.0
+STABLE_PORTS_FROM = 20000
+"""Nodes listen below the kernel's ephemeral range: a port freed by kill -9 cannot be taken by
+some outgoing connection (the clients open hundreds a second) before the node restarts on it."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def stable_port(taken: set[int], rng: random.Random) -> int:
+    """A free loopback port below the ephemeral range, not in `taken` nor a dev cluster port."""
+    high = _ephemeral_low()
+    while True:
+        port = rng.randrange(STABLE_PORTS_FROM, high)
+        if port in taken or port in FORBIDDEN_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
 
 
 class ChaosCluster(ProcCluster):
@@ -41,10 +70,12 @@ class ChaosCluster(ProcCluster):
         self.unsafe_local_reads = unsafe_local_reads
         self.net = FaultNet(HOST, seed=seed, avoid_ports=FORBIDDEN_PORTS)
         self.bind_ports: dict[int, int] = {}
+        rng, taken = random.Random(), set[int]()
         try:
             for node_id, spec in self.specs.items():
-                self.bind_ports[node_id] = spec.raft_port
-                spec.raft_port = self.net.add_node(node_id, spec.raft_port)
+                spec.client_port, spec.http_port = stable_port(taken, rng), stable_port(taken, rng)
+                self.bind_ports[node_id] = stable_port(taken, rng)
+                spec.raft_port = self.net.add_node(node_id, self.bind_ports[node_id])
         except BaseException:
             self.close()
             raise

@@ -52,10 +52,12 @@ class ChaosConfig:
     clients: int = 6
     seed: int | None = None
     kinds: tuple[str, ...] = ALL_KINDS
-    keys_per_epoch: int = 8
+    keys_per_epoch: int = 6
     epoch_s: float = 30.0
     hold_s: tuple[float, float] = (1.0, 3.0)
     quiet_s: tuple[float, float] = (0.5, 1.5)
+    long_hold_s: tuple[float, float] = (5.0, 10.0)
+    long_hold_share: float = 0.15
     snapshot_threshold: int = DEFAULT_SNAPSHOT_THRESHOLD
     check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
     unsafe_local_reads: bool = False
@@ -152,7 +154,8 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
 
     def _run(self) -> None:
         while not self._stop.wait(MONITOR_INTERVAL_S):
@@ -204,6 +207,8 @@ def run_chaos(config: ChaosConfig, log: Callable[[str], None] | None = None) -> 
     cluster = ChaosCluster(workdir / "cluster", config.nodes, seed=rng.randrange(1 << 31),
                            snapshot_threshold=config.snapshot_threshold,
                            unsafe_local_reads=config.unsafe_local_reads)
+    workload: Workload | None = None
+    monitor: Monitor | None = None
     try:
         say(f"chaos: seed {seed}, {config.nodes} nodes, workdir {workdir}")
         cluster.start_all()
@@ -213,7 +218,8 @@ def run_chaos(config: ChaosConfig, log: Callable[[str], None] | None = None) -> 
             clients=config.clients, seed=rng.randrange(1 << 31),
         )
         nemesis = Nemesis(cluster, recorder, keys, random.Random(rng.randrange(1 << 31)), config.kinds,
-                          config.hold_s, config.quiet_s, log=say)
+                          config.hold_s, config.quiet_s, config.long_hold_s, config.long_hold_share,
+                          log=say)
         monitor = Monitor(cluster, nemesis)
         workload.start()
         monitor.start()
@@ -250,6 +256,10 @@ def run_chaos(config: ChaosConfig, log: Callable[[str], None] | None = None) -> 
         report.anomalies.append("the harness itself failed (see the traceback)")
         raise
     finally:
+        if workload is not None:
+            workload.stop()
+        if monitor is not None:
+            monitor.stop()
         cluster.close()
         report.elapsed_s = time.monotonic() - started
         if not report.ok:

@@ -4,6 +4,7 @@ a recovery probe (a write must be acknowledged within WRITE_RECOVERY_S of the he
 Fault kinds (category in brackets), after the etcd functional tester's cases, hashicorp/raft's
 fuzzy LeaderPartitions and Jepsen's partition nemeses:
 - kill-leader, kill-follower, kill-minority [kill]: SIGKILL, restart at heal.
+- terminate-node [kill]: SIGTERM (a clean shutdown must finish in time), restart at heal.
 - kill-follower-snapshot [kill]: SIGKILL a follower, let writes go on, make every live node
   compact its log (the `snapshot` op), restart: the follower can only catch up by a snapshot
   (etcd's "until a snapshot triggers" cases).
@@ -15,9 +16,13 @@ fuzzy LeaderPartitions and Jepsen's partition nemeses:
 - isolated-leader-reads [partition, pause]: pause the leader and blackhole it, write through the
   majority, resume it (still isolated, still believing it leads) and read at once from it: the
   scenario that catches reads served without ReadIndex / a valid lease.
-- delay [delay]: every link, or one node's links, delayed (with jitter).
+- delay [delay]: every link a little, or one node's links up to a second (with jitter).
 - drop [drop]: a random set of links resets connections and stalls at random.
 - mixed: two of the above (not isolated-leader-reads) at once.
+
+A share of the faults is held long (5-10 s by default) rather than 1-3 s: long enough for
+ZeroMQ's heartbeat to drop a blackholed connection and redial, so a healed blackhole then
+delivers old bytes after newer ones (stale, reordered messages).
 
 Every operation the nemesis itself issues (probe writes, the reads and writes of
 isolated-leader-reads) goes into the same history as the clients'.
@@ -48,6 +53,7 @@ KIND_CATEGORIES: dict[str, tuple[str, ...]] = {
     "kill-follower": ("kill",),
     "kill-minority": ("kill",),
     "kill-follower-snapshot": ("kill",),
+    "terminate-node": ("kill",),
     "pause-leader": ("pause",),
     "pause-follower": ("pause",),
     "partition-halves": ("partition",),
@@ -102,6 +108,8 @@ class Nemesis:
         kinds: tuple[str, ...] = ALL_KINDS,
         hold_s: tuple[float, float] = (1.0, 3.0),
         quiet_s: tuple[float, float] = (0.5, 1.5),
+        long_hold_s: tuple[float, float] = (5.0, 10.0),
+        long_hold_share: float = 0.0,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
         unknown = set(kinds) - set(ALL_KINDS)
@@ -114,6 +122,8 @@ class Nemesis:
         self.kinds = kinds
         self.hold_s = hold_s
         self.quiet_s = quiet_s
+        self.long_hold_s = long_hold_s
+        self.long_hold_share = long_hold_share
         self.log = log
         self.down: set[int] = set()
         """Nodes we killed and have not restarted yet (a node exiting on its own is a crash)."""
@@ -157,7 +167,10 @@ class Nemesis:
             else:
                 for sub in self.rng.sample(MIXABLE, 2) if kind == "mixed" else [kind]:
                     self._apply(sub, applied)
-                self._wait(self.rng.uniform(*self.hold_s))
+                long = self.rng.random() < self.long_hold_share
+                hold = self.rng.uniform(*(self.long_hold_s if long else self.hold_s))
+                applied.detail.append(f"held {hold:.1f}s")
+                self._wait(hold)
         finally:
             self.heal_all()
             event.healed = time.monotonic()
@@ -203,6 +216,19 @@ class Nemesis:
                     self.down.add(node_id)  # first: the monitor must not take the exit for a crash
                     cluster.kill(node_id)  # SIGKILL works on a stopped process too
             applied.detail.append(f"{kind} {victims} (leader {leader})")
+        elif kind == "terminate-node":
+            node_id = leader if leader is not None and rng.random() < 0.5 else rng.choice(ids)
+            if cluster.is_running(node_id):
+                self.down.add(node_id)
+                try:
+                    code = cluster.stop(node_id)  # SIGTERM, then wait for the exit
+                except AssertionError as exc:
+                    self.anomalies.append(f"terminate-node: {exc}\n{cluster.log_tail(node_id)}")
+                else:
+                    if code != 0:
+                        self.anomalies.append(f"terminate-node: node {node_id} exited with code {code} "
+                                              f"on SIGTERM\n{cluster.log_tail(node_id)}")
+            applied.detail.append(f"terminate-node [{node_id}] (leader {leader})")
         elif kind.startswith("pause"):
             victims = self._victims(kind, leader)
             for node_id in victims:
@@ -244,7 +270,7 @@ class Nemesis:
                 links = self._links()
             else:
                 node = rng.choice(ids)
-                base = rng.uniform(0.1, 0.4)
+                base = rng.uniform(0.1, 1.0)
                 links = [lk for lk in self._links() if node in lk]
             self._faults(links, delay(base, base * rng.uniform(0.1, 0.6)))
             applied.detail.append(f"delay {base * 1000:.0f} ms on {len(links)} links")
