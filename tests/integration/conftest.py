@@ -11,13 +11,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cluster import ProcCluster  # noqa: E402
+from cluster_fixtures import make_cluster, pytest_runtest_makereport  # noqa: E402, F401
 
 SLOW_ENV = "RAFTKV_SLOW"
 
@@ -35,35 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[Any]:
-    """A failing test's report shows the log tail of every node of every open cluster."""
-    report = yield
-    if report.failed:
-        for number, cluster in enumerate(list(ProcCluster.live), start=1):
-            report.sections.append(
-                (f"raftkvd logs, cluster {number} ({cluster.root})", cluster.log_tails())
-            )
-    return report
-
-
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ProcCluster]]:
-    """Build ProcClusters (not started) in tmp_path; every one is killed at teardown."""
-    made: list[ProcCluster] = []
-
-    def make(size: int = 3, **kwargs: Any) -> ProcCluster:
-        cluster = ProcCluster(tmp_path / f"cluster{len(made) + 1}", size, **kwargs)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
-
-
-@pytest.fixture
-def cluster(make_cluster: Callable[..., ProcCluster]) -> ProcCluster:
+def cluster(make_cluster: Callable[..., ProcCluster]) -> ProcCluster:  # noqa: F811
     """A started three-node cluster with a leader."""
     proc_cluster = make_cluster()
     proc_cluster.start_all()
