@@ -3,8 +3,9 @@
 Each loop turn: receive peer messages and client requests, tick the core, then turn
 every Ready into I/O. Leader replication and heartbeats leave before the disk write;
 the write itself (log entries, hard state, snapshot, applied entries and the applied
-index) is one LMDB transaction, one fsync, per turn; votes and acknowledgements leave
-after it (SPEC §7).
+index) is one LMDB transaction per turn, durable on disk before votes and acknowledgements
+leave (SPEC §7). A turn that only applies committed entries skips the final meta-page flush
+(`needs_durability`): a crash can at worst undo it, and the log redoes it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ class ReadBatch:
     index: int = 0
 
 
+def needs_durability(rd: Ready, durable_term_vote: tuple[int, int]) -> bool:
+    """Entries, a snapshot, a new term or vote must survive any crash before we act on
+    them. A commit index and applied entries need not: they are redone from the log."""
+    if rd.entries or rd.snapshot is not None:
+        return True
+    hs = rd.hard_state
+    return hs is not None and (hs.term, hs.vote) != durable_term_vote
+
+
 def raft_config(settings: Settings, applied: int) -> RaftConfig:
     cluster = settings.cluster
     heartbeat = max(1, round(cluster.heartbeat_interval_ms / TICK_MS))
@@ -117,6 +127,8 @@ class Node:
         self._bootstrap()
         self.logstore = LogStore(self.env, self.sm)
         self.applied = self.sm.applied_index()
+        hard_state, _ = self.logstore.initial_state()
+        self._durable_term_vote = (hard_state.term, hard_state.vote)
         self.core = RaftNode(raft_config(settings, self.applied), self.logstore, random.Random())
         self.members = self._member_addresses()
         self.raft_bind = os.environ.get(ENV_TEST_RAFT_BIND) or settings.node.raft
@@ -296,8 +308,9 @@ class Node:
 
     def _persist_and_apply(self, rd: Ready) -> None:
         started = time.perf_counter()
+        durable = needs_durability(rd, self._durable_term_vote)
         try:
-            with self.env.write() as batch:
+            with self.env.write(durable=durable) as batch:
                 self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
                 if rd.snapshot is not None:
                     self.sm.restore(rd.snapshot.data, batch=batch)
@@ -315,6 +328,8 @@ class Node:
             log.critical("node=%d event=storage_full action=stopping", self.id)
             self._stopping = True
             raise
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         self.metrics.log_fsync.observe(time.perf_counter() - started)
 
     def _maybe_compact(self, rd: Ready, batch: Any) -> None:

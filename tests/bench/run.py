@@ -1,5 +1,5 @@
 """`make bench`: a fresh 3-node cluster on free loopback ports, `raftctl bench` runs against it,
-medians reported. Usage: python -m tests.bench.run [--runs 5] [--total 50000]"""
+medians reported. Usage: python -m tests.bench.run [--runs 5] [--total 50000] [--shape 'put 1 client']"""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--total", type=int, default=50000)
+    parser.add_argument(
+        "--shape", action="append", help="run only this shape (repeatable), e.g. 'put 1 client'"
+    )
     opts = parser.parse_args()
     shapes = {
         "put 64 clients": ["put", "--clients", "64", "--total", str(opts.total), "--value-size", "100"],
@@ -59,6 +62,8 @@ def main() -> None:
     try:
         subprocess.run([*raftkvd, "start", "--config", str(config)], check=True, timeout=60)
         for name, args in shapes.items():
+            if opts.shape and name not in opts.shape:
+                continue
             runs = [bench(config, args) for _ in range(opts.runs)]
             rate = statistics.median(r["ops_per_sec"] for r in runs)
             lat = {q: statistics.median(r["latency_ms"][q] for r in runs) for q in runs[0]["latency_ms"]}
