@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import random
 import socket
-import subprocess
 from pathlib import Path
 
-from cluster import DEFAULT_MAX_VALUE_BYTES, DEV_PORTS, HOST, RAFTKVD, ProcCluster, clean_env
+from cluster import DEFAULT_MAX_VALUE_BYTES, DEV_PORTS, HOST, ProcCluster
 from faultproxy import FaultNet
 
 ENV_RAFT_BIND = "RAFTKVD_TEST_RAFT_BIND"
@@ -54,6 +53,8 @@ def stable_port(taken: set[int], rng: random.Random) -> int:
 class ChaosCluster(ProcCluster):
     """Real raftkvd processes with a fault proxy on every directed peer link (`net`)."""
 
+    harness_name = "chaos"
+
     def __init__(
         self,
         root: Path,
@@ -85,35 +86,18 @@ class ChaosCluster(ProcCluster):
     def bind_endpoint(self, node_id: int) -> str:
         return f"tcp://{HOST}:{self.bind_ports[node_id]}"
 
-    def start(self, node_id: int) -> subprocess.Popen[bytes]:
-        """Start one node (as ProcCluster.start) with its Raft bind address behind the proxy."""
-        assert not self.is_running(node_id), f"node {node_id} is already running"
-        spec = self.specs[node_id]
-        env = clean_env()
-        env["RAFTKVD_LOG_LEVEL"] = self.log_level
+    def node_env(self, node_id: int) -> dict[str, str]:
+        """ProcCluster's environment plus the Raft bind address behind the proxy."""
+        env = super().node_env(node_id)
         env[ENV_RAFT_BIND] = self.bind_endpoint(node_id)
         if self.unsafe_local_reads:
             env[ENV_UNSAFE_LOCAL_READS] = "1"
-        with open(spec.log_path, "ab") as log:
-            log.write(f"==== chaos harness: starting node {node_id} ====\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                [*RAFTKVD, "run", "--config", str(self.config_path), "--id", str(node_id)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            )
-        self.procs[node_id] = proc
-        self.started.append(proc)
-        self.paused.discard(node_id)
-        return proc
+        return env
 
     def kv_hash(self, node_id: int, timeout: float = HASH_TIMEOUT_S) -> tuple[str, int] | None:
         """(sha256 of the node's kv state, its applied index), read in one loop turn; None if silent."""
-        if not self.is_running(node_id) or node_id in self.paused:
-            return None
-        reply = self.request(node_id, {"op": "hash"}, timeout)
-        if reply is None or reply.get("code") != "ok":
-            return None
-        return str(reply["hash"]), int(reply["applied"])
+        reply = self.ok_reply(node_id, "hash", timeout)
+        return None if reply is None else (str(reply["hash"]), int(reply["applied"]))
 
     def close(self) -> None:
         try:

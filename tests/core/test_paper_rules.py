@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from raftkvd.raft import ProposalDropped, RaftConfig, RaftNode
+from raftkvd.raft import MemoryStorage, ProposalDropped, RaftConfig, RaftNode
 from raftkvd.raft.messages import NONE, Entry, EntryType, HardState, Message, StateRole
 
 from .raftnet import IDS3, IDS5, MT, PAPER, Driven, Net, entries_of, leader_with_log, make_node, storage_with
@@ -34,6 +34,32 @@ def append(frm: int, to: int, term: int, index: int, log_term: int, entries=(), 
 
 def ents(*pairs: tuple[int, int]) -> list[Entry]:
     return [Entry(i, t, EntryType.NORMAL, b"x%d" % i) for i, t in pairs]
+
+
+def leader_over_uncommitted_term_1_entries() -> tuple[RaftNode, Driven]:
+    """Node 1 elected at term 2 (by node 2's vote) over entries 1-2 of term 1 it never committed:
+    the §5.4.2 / Figure 8 setup, where commits of older-term entries can only ride along."""
+    storage = storage_with([(1, 1), (2, 1)], term=1)
+    node, _ = make_node(storage=storage, **PAPER)
+    driven = Driven(node, storage)
+    node.campaign()
+    driven.handle()
+    node.step(Message(MT.VOTE_RESP, to=1, frm=2, term=2))
+    driven.handle()
+    assert node.role is LEADER and node.term == 2 and node.log.committed == 0
+    return node, driven
+
+
+def leader_with_entry_1_committed() -> tuple[RaftNode, MemoryStorage]:
+    """`leader_with_log` once both followers acked its election entry: index 1 is committed and
+    applied, so a test's next proposal is index 2 and starts from an idle leader."""
+    node, storage, _ = leader_with_log()
+    driven = Driven(node, storage)
+    for p in (2, 3):
+        node.step(Message(MT.APPEND_RESP, to=1, frm=p, term=node.term, index=1))
+    driven.handle()
+    assert node.log.committed == 1 and [e.index for e in driven.applied] == [1]
+    return node, storage
 
 
 # ==== §5.1 terms ==================================================================================
@@ -205,10 +231,7 @@ def test_new_leader_appends_a_no_op_entry_of_its_own_term() -> None:
 
 # ==== §5.3 log replication ========================================================================
 def test_leader_appends_a_proposal_to_its_log_and_replicates_it() -> None:
-    node, storage, _ = leader_with_log()
-    for p in (2, 3):
-        node.step(Message(MT.APPEND_RESP, to=1, frm=p, term=node.term, index=1))
-    Driven(node, storage).handle()
+    node, storage = leader_with_entry_1_committed()
     index = node.propose(b"some data")
     assert index == 2
     rd = node.ready()
@@ -253,14 +276,7 @@ def test_leader_commits_when_a_majority_including_itself_acknowledged(
 
 
 def test_committing_an_entry_commits_every_entry_before_it() -> None:
-    storage = storage_with([(1, 1), (2, 1)], term=1)
-    node, _ = make_node(storage=storage, **PAPER)
-    driven = Driven(node, storage)
-    node.campaign()
-    driven.handle()
-    node.step(Message(MT.VOTE_RESP, to=1, frm=2, term=2))
-    driven.handle()
-    assert node.role is LEADER
+    node, driven = leader_over_uncommitted_term_1_entries()
     node.step(Message(MT.APPEND_RESP, to=1, frm=2, term=2, index=3))
     driven.handle()
     assert node.log.committed == 3
@@ -370,10 +386,7 @@ def test_follower_acknowledges_an_append_only_after_persisting_it() -> None:
 
 def test_leader_sends_appends_before_its_own_write_is_durable() -> None:
     """Thesis §10.2.1: replication goes out in `messages`, before the leader's own fsync."""
-    node, storage, _ = leader_with_log()
-    for p in (2, 3):
-        node.step(Message(MT.APPEND_RESP, to=1, frm=p, term=node.term, index=1))
-    Driven(node, storage).handle()
+    node, storage = leader_with_entry_1_committed()
     index = node.propose(b"x")
     rd = node.ready()
     assert [e.index for e in rd.entries] == [index]
@@ -381,11 +394,7 @@ def test_leader_sends_appends_before_its_own_write_is_durable() -> None:
 
 
 def test_leader_own_write_counts_toward_commit_only_once_persisted() -> None:
-    node, storage, _ = leader_with_log()
-    driven = Driven(node, storage)
-    for p in (2, 3):
-        node.step(Message(MT.APPEND_RESP, to=1, frm=p, term=node.term, index=1))
-    driven.handle()
+    node, storage = leader_with_entry_1_committed()
     index = node.propose(b"x")
     rd = node.ready()  # not yet persisted
     node.step(Message(MT.APPEND_RESP, to=1, frm=2, term=node.term, index=index))
@@ -469,13 +478,7 @@ def test_vote_request_carries_the_candidate_last_index_and_term() -> None:
 @pytest.mark.parametrize("ack_index, committed", [(1, 0), (2, 0), (3, 3)])
 def test_leader_only_commits_entries_from_its_current_term(ack_index: int, committed: int) -> None:
     """§5.4.2 / Figure 8: replicas of older-term entries are never counted to commit them."""
-    storage = storage_with([(1, 1), (2, 1)], term=1)
-    node, _ = make_node(storage=storage, **PAPER)
-    driven = Driven(node, storage)
-    node.campaign()
-    driven.handle()
-    node.step(Message(MT.VOTE_RESP, to=1, frm=2, term=2))
-    driven.handle()
+    node, driven = leader_over_uncommitted_term_1_entries()
     node.step(Message(MT.APPEND_RESP, to=1, frm=2, term=2, index=ack_index))
     assert node.log.committed == committed
 

@@ -151,6 +151,8 @@ class ProcCluster:
 
     live: set[ProcCluster] = set()
     """Open clusters, so a failing test's report can show their nodes' logs."""
+    harness_name: str = "test"
+    """Named in the banner `start` writes to a node's log, so a log shows which harness ran it."""
 
     def __init__(
         self,
@@ -211,14 +213,20 @@ class ProcCluster:
     def ids(self) -> list[int]:
         return sorted(self.specs)
 
+    def node_env(self, node_id: int) -> dict[str, str]:
+        """The environment node `node_id` runs with: a hook, so subclasses can add test-only
+        settings without copying `start`."""
+        env = clean_env()
+        env["RAFTKVD_LOG_LEVEL"] = self.log_level
+        return env
+
     def start(self, node_id: int) -> subprocess.Popen[bytes]:
         """Start one node in the background (appending to its log file)."""
         assert not self.is_running(node_id), f"node {node_id} is already running"
         spec = self.specs[node_id]
-        env = clean_env()
-        env["RAFTKVD_LOG_LEVEL"] = self.log_level
+        env = self.node_env(node_id)
         with open(spec.log_path, "ab") as log:
-            log.write(f"==== test harness: starting node {node_id} ====\n".encode())
+            log.write(f"==== {self.harness_name} harness: starting node {node_id} ====\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 [*RAFTKVD, "run", "--config", str(self.config_path), "--id", str(node_id)],
@@ -320,14 +328,20 @@ class ProcCluster:
         """A raw client-protocol request to one node; None when it does not answer."""
         return raw_request(self.ctx, self.specs[node_id].client, request, timeout)
 
-    def status(self, node_id: int, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any] | None:
-        """The node's own status, or None when it is down, paused or silent."""
+    def ok_reply(self, node_id: int, op: str, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any] | None:
+        """The node's `ok` reply to the argument-less request `op`; None when it is down, paused,
+        silent or answers otherwise. One place for the checks every read-only probe needs."""
         if not self.is_running(node_id) or node_id in self.paused:
             return None
-        reply = self.request(node_id, {"op": "status"}, timeout)
+        reply = self.request(node_id, {"op": op}, timeout)
         if reply is None or reply.get("code") != "ok":
             return None
-        return reply["status"]
+        return reply
+
+    def status(self, node_id: int, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any] | None:
+        """The node's own status, or None when it is down, paused or silent."""
+        reply = self.ok_reply(node_id, "status", timeout)
+        return None if reply is None else reply["status"]
 
     def statuses(self) -> dict[int, dict[str, Any]]:
         found = {}
