@@ -1,10 +1,14 @@
 """Prometheus metrics of one node (REFERENCES §5: etcd's names with a raftkvd_ prefix).
 
-Two kinds, so that a scrape never touches the event loop's state:
+Two processes, two registries: the node process's (`NodeMetrics`) and the HTTP process's
+(`HttpMetrics`, REST requests); a scrape of /metrics returns the first, fetched over the
+client protocol, followed by the second.
+
+In the node process, two kinds, so that a scrape never touches the event loop's state:
 - gauges and state counters (term, indices, leader, LMDB size, peer send failures) are
   read at scrape time from the `Snapshot` the node loop publishes every turn or so:
-  one attribute holding a fresh, never-mutated status dict, so the HTTP thread reads a
-  consistent view without a lock (rebinding a reference is atomic under the GIL);
+  one attribute holding a fresh, never-mutated status dict, so the scraping thread reads
+  a consistent view without a lock (rebinding a reference is atomic under the GIL);
 - event counters and latency histograms (fsync, apply, client requests, peer RTT) are
   updated directly by the node loop, through label children cached here so the hot
   path costs a dict lookup and one observe.
@@ -71,7 +75,7 @@ class PeerRtt:
 
 
 class NodeMetrics:
-    """The registry of one node and the instruments its event loop and HTTP server update."""
+    """The registry of one node process and the instruments its event loop updates."""
 
     def __init__(self, snapshot: Callable[[], Snapshot | None]) -> None:
         self.registry = CollectorRegistry()
@@ -107,36 +111,18 @@ class NodeMetrics:
             "raftkvd_client_request_duration_seconds",
             "Time from a ZeroMQ client request's arrival to its answer.",
             ["op"], buckets=REQUEST_BUCKETS, registry=reg)
-        self._http_requests = Counter(
-            "raftkvd_http_requests", "Requests answered by the REST API.",
-            ["method", "route", "code"], registry=reg)
-        self._http_duration = Histogram(
-            "raftkvd_http_request_duration_seconds", "Time to answer a REST API request.",
-            ["method", "route"], buckets=REQUEST_BUCKETS, registry=reg)
         self._client_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         reg.register(_StatusCollector(snapshot))
 
     def declare_client(self, op: str, code: str) -> None:
         """Export (op, code) at zero before its first request, so dashboards see it from start."""
         self._client_child(op, code)
 
-    def declare_http(self, method: str, route: str, code: int) -> None:
-        self._http_child(method, route, code)
-
     def _client_child(self, op: str, code: str) -> tuple[Any, Any]:
         children = self._client_children.get((op, code))
         if children is None:
             children = self._client_children[(op, code)] = (
                 self._client_requests.labels(op=op, code=code), self._client_duration.labels(op=op))
-        return children
-
-    def _http_child(self, method: str, route: str, code: int) -> tuple[Any, Any]:
-        children = self._http_children.get((method, route, code))
-        if children is None:
-            children = self._http_children[(method, route, code)] = (
-                self._http_requests.labels(method=method, route=route, code=str(code)),
-                self._http_duration.labels(method=method, route=route))
         return children
 
     def observe_client(self, op: str, code: str, received: float | None) -> None:
@@ -146,14 +132,44 @@ class NodeMetrics:
         if received is not None:
             children[1].observe(time.perf_counter() - received)
 
-    def observe_http(self, method: str, route: str, code: int, seconds: float) -> None:
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric of the node process."""
+        return generate_latest(self.registry)
+
+
+class HttpMetrics:
+    """The REST API's own instruments, kept in the HTTP process that updates them; its
+    /metrics shows them after the node process's exposition (`NodeMetrics`)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "raftkvd_http_requests", "Requests answered by the REST API.",
+            ["method", "route", "code"], registry=self.registry)
+        self._duration = Histogram(
+            "raftkvd_http_request_duration_seconds", "Time to answer a REST API request.",
+            ["method", "route"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def declare(self, method: str, route: str, code: int) -> None:
+        """Export (method, route, code) at zero before its first request."""
+        self._child(method, route, code)
+
+    def _child(self, method: str, route: str, code: int) -> tuple[Any, Any]:
+        children = self._children.get((method, route, code))
+        if children is None:
+            children = self._children[(method, route, code)] = (
+                self._requests.labels(method=method, route=route, code=str(code)),
+                self._duration.labels(method=method, route=route))
+        return children
+
+    def observe(self, method: str, route: str, code: int, seconds: float) -> None:
         """One answered REST request; `route` is the route template, never the raw path."""
-        children = self._http_child(method, route, code)
+        children = self._child(method, route, code)
         children[0].inc()
         children[1].observe(seconds)
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric of this node."""
         return generate_latest(self.registry)
 
 

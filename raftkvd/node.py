@@ -30,7 +30,7 @@ from . import protocol, sdnotify
 from .api import ClientEndpoint, Request
 from .config import Settings
 from .errors import InvalidRequest, NoSpaceError
-from .http.server import HttpServer
+from .http.process import HttpProcess
 from .lmdbenv import LmdbEnv
 from .metrics import NodeMetrics, Snapshot
 from .peerstatus import fetch_statuses
@@ -57,7 +57,7 @@ CLUSTER_STATUS_TIMEOUT_S = 1.0
 COMPACTION_KEEP = 1000
 """Entries kept behind a compaction so slightly lagging followers need no snapshot."""
 PUBLISH_INTERVAL_S = 0.1
-"""How often the loop hands a fresh status Snapshot to the HTTP thread (/health, /metrics)."""
+"""How often the loop hands a fresh status Snapshot to the metrics collector (/metrics gauges)."""
 ENV_TEST_UNSAFE_LOCAL_READS = "RAFTKVD_TEST_UNSAFE_LOCAL_READS"
 """TEST ONLY (tests/chaos): "1" makes a leader answer linearizable reads from its own state
 without a ReadIndex round, a deliberately broken read path whose stale reads the chaos checker
@@ -121,6 +121,16 @@ class Node:
     def __init__(self, settings: Settings, ctx: zmq.Context | None = None) -> None:
         self.settings = settings
         self.id = settings.node.id
+        # First, so that the HTTP process's start overlaps ours; it gets ready in run().
+        self.http = HttpProcess(self.id, settings.node.http, settings.node.client,
+                                settings.cluster.max_value_bytes, settings.log_level)
+        try:
+            self._open(settings, ctx)
+        except BaseException:
+            self.http.stop()
+            raise
+
+    def _open(self, settings: Settings, ctx: zmq.Context | None) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.env = LmdbEnv(settings.node.data_dir, settings.cluster.map_size_bytes)
         self.sm = KVStateMachine(self.env)
@@ -143,7 +153,7 @@ class Node:
         self._wake_addr = f"inproc://raftkvd-wake-{id(self)}"
         self._wake_pull.bind(self._wake_addr)
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="raftkvd-status")
-        self._background_results: queue.Queue[tuple[Request, list[dict[str, Any]]]] = queue.Queue()
+        self._background_results: queue.Queue[tuple[Request, dict[str, Any]]] = queue.Queue()
         self.pending_writes: dict[int, PendingWrite] = {}
         self.read_batch = ReadBatch()
         self.reads_by_ctx: dict[bytes, ReadBatch] = {}
@@ -164,8 +174,6 @@ class Node:
         self.client.observer = self.metrics.observe_client
         for op in Op:
             self.metrics.declare_client(op.value, Code.OK.value)
-        self.http = HttpServer(settings.node.http, settings.node.client, settings.cluster.max_value_bytes,
-                               lambda: self.published, self.metrics, name=f"raftkvd-http-{self.id}")
 
     # ==== setup ================================================================================
     def _bootstrap(self) -> None:
@@ -200,7 +208,7 @@ class Node:
         next_tick = time.monotonic() + tick_s
         try:
             self._publish()
-            self.http.start()
+            self.http.wait_ready()
             log.info("node=%d event=serving raft=%s client=%s http=%s", self.id, self.settings.node.raft,
                      self.settings.node.client, self.settings.node.http)
             if self.raft_bind != self.settings.node.raft:
@@ -223,6 +231,7 @@ class Node:
                 self._process_ready()
                 if time.monotonic() >= self._next_publish:
                     self._publish()
+                    self.http.supervise()
         finally:
             sdnotify.notify("STOPPING=1")
             self._shutdown()
@@ -250,8 +259,7 @@ class Node:
             except zmq.Again:
                 break
         while not self._background_results.empty():
-            request, nodes = self._background_results.get_nowait()
-            self.client.respond(request, {"code": Code.OK.value, "nodes": nodes})
+            self.client.respond(*self._background_results.get_nowait())
 
     def _tick(self, next_tick: float, tick_s: float) -> float:
         now = time.monotonic()
@@ -360,7 +368,7 @@ class Node:
                 self.transport.add_peer(peer, endpoint)
 
     def _on_role_change(self, role: StateRole, leader: int) -> None:
-        self._next_publish = 0.0  # /health and /ready learn of it at the end of this turn
+        self._next_publish = 0.0  # the metrics learn of it at the end of this turn
         if leader != self.leader_id:
             self.leader_changes += 1
             log.info("node=%d term=%d event=leader_changed leader=%d role=%s",
@@ -392,7 +400,9 @@ class Node:
         if op == Op.STATUS:
             self.client.respond(request, {"code": Code.OK.value, "status": self.status()})
         elif op == Op.CLUSTER:
-            self._background.submit(self._gather_cluster, request)
+            self._background.submit(self._in_background, request, self._gather_cluster)
+        elif op == Op.METRICS:
+            self._background.submit(self._in_background, request, self._metrics_text)
         elif op in (Op.GET, Op.LIST):
             self._handle_read(request)
         elif op in protocol.WRITE_OPS:
@@ -502,10 +512,21 @@ class Node:
             self.logstore.compact(self.applied, batch=batch)
         self.client.respond(request, {"code": Code.OK.value, "index": self.applied})
 
-    def _gather_cluster(self, request: Request) -> None:
+    def _gather_cluster(self) -> dict[str, Any]:
         members = {i: a["client"] for i, a in self.members.items()}
-        nodes = fetch_statuses(self.ctx, members, CLUSTER_STATUS_TIMEOUT_S)
-        self._background_results.put((request, nodes))
+        return {"nodes": fetch_statuses(self.ctx, members, CLUSTER_STATUS_TIMEOUT_S)}
+
+    def _metrics_text(self) -> dict[str, Any]:
+        return {"text": self.metrics.exposition().decode()}
+
+    def _in_background(self, request: Request, work: Callable[[], dict[str, Any]]) -> None:
+        """Run `work` off the loop (it may block or take long); the loop sends its answer."""
+        try:
+            fields = {"code": Code.OK.value, **work()}
+        except Exception as exc:  # answer, never leave the client waiting
+            log.exception("node=%d event=background_failed op=%s", self.id, request.op.value)
+            fields = {"code": Code.INTERNAL.value, "error": f"{request.op.value} failed: {exc}"}
+        self._background_results.put((request, fields))
         wake = self.ctx.socket(zmq.PUSH)
         try:
             wake.connect(self._wake_addr)

@@ -16,6 +16,8 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   snapshot: (none)                        -> index
   hash:   (none)                          -> hash (sha256 hex of the kv state), applied
           (this node's state machine; computed on request: it scans every key)
+  metrics:(none)                          -> text (Prometheus exposition of the node process;
+          the HTTP process serves it, with its own REST metrics, on /metrics)
 Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
            "leader": str? (the leader's client endpoint), ...result fields}
 """
@@ -41,6 +43,7 @@ class Op(enum.StrEnum):
     TRANSFER = "transfer"
     SNAPSHOT = "snapshot"
     HASH = "hash"
+    METRICS = "metrics"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})

@@ -3,7 +3,7 @@ protocol (raftkvd.protocol) that multiplexes every in-flight request over one DE
 target node.
 
 Unlike raftctl.Client (one request at a time, one thread each), many HTTP handlers share
-this client: each request is tagged with a fresh "id", one reader task per socket hands
+this client: each request is tagged with a fresh "id", one reader callback per socket hands
 each reply to the future waiting for that id, and a late reply to a request that already
 gave up finds nobody and is dropped. So 64 concurrent HTTP connections cost 64 futures,
 not 64 sockets or threads.
@@ -28,7 +28,6 @@ import uuid
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from raftkvd.errors import Unavailable
 from raftkvd.protocol import Code
@@ -47,6 +46,8 @@ CONNECT_TIMEOUT_S = 0.2
 NO_LEADER_WAIT_S = 1.0
 """How long "no leader" answers are waited out (about two election timeouts) before 503."""
 MAX_REDIRECTS = 3
+SEND_RETRY_S = 0.005
+"""Pause between tries of a send that found no connection or a full queue."""
 BACKOFF_START_S = 0.01
 BACKOFF_CAP_S = 0.2
 MAX_IN_FLIGHT = 512
@@ -75,11 +76,16 @@ class Closed(Unavailable):
 
 
 class _Link:
-    """One DEALER to one node's client endpoint, shared by every in-flight request to it."""
+    """One DEALER to one node's client endpoint, shared by every in-flight request to it.
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
+    A plain (not zmq.asyncio) socket watched with the loop's add_reader: sends are one
+    non-blocking call, and every reply waiting is delivered in one callback. ZeroMQ's FD
+    is edge-triggered, so after any send we look for replies that send may have taken in.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.socket = ctx.socket(zmq.DEALER)
+        self.socket = zmq.Socket(ctx, zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         # Queue only on a live connection: a dead node fails the send instead of
         # swallowing requests that would be delivered, stale, when it comes back.
@@ -89,17 +95,19 @@ class _Link:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
         self.socket.connect(endpoint)
         self.pending: dict[int, asyncio.Future[Reply | None]] = {}
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self._loop = asyncio.get_running_loop()
+        self._fd = self.socket.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._drain)
 
-    async def _read(self) -> None:
-        """Hand every reply to the request waiting for its id; drop anything else."""
-        while True:
-            self._deliver(await self.socket.recv(copy=True))
-            for _ in range(DRAIN_BATCH):  # whatever else has arrived, without a loop turn each
-                try:
-                    self._deliver(await self.socket.recv(zmq.NOBLOCK, copy=True))
-                except zmq.Again:
-                    break
+    def _drain(self) -> None:
+        """Hand every waiting reply to the request waiting for its id; drop anything else."""
+        for _ in range(DRAIN_BATCH):
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._deliver(frame)
+        self._loop.call_soon(self._drain)  # more waiting: go on after the others had a turn
 
     def _deliver(self, frame: bytes) -> None:
         try:
@@ -113,11 +121,10 @@ class _Link:
 
     async def exchange(self, req_id: int, request: Reply, timeout: float) -> Reply | None:
         """Send `request` as `req_id`; its reply, or None after `timeout` or a failed send."""
-        loop = asyncio.get_running_loop()
         frame = encode_client({**request, "id": req_id})
-        future: asyncio.Future[Reply | None] = loop.create_future()
+        future: asyncio.Future[Reply | None] = self._loop.create_future()
         self.pending[req_id] = future
-        expiry = loop.call_later(timeout, _expire, future)
+        expiry = self._loop.call_later(timeout, _expire, future)
         try:
             if not await self._send(frame, min(timeout, CONNECT_TIMEOUT_S)):
                 return None
@@ -127,23 +134,22 @@ class _Link:
             self.pending.pop(req_id, None)
 
     async def _send(self, frame: bytes, connect_timeout: float) -> bool:
-        try:
-            await self.socket.send(frame, zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            pass
-        # Not connected (yet) or the queue is full: wait briefly for room, once.
-        events = await self.socket.poll(max(1, int(connect_timeout * 1000)), zmq.POLLOUT)
-        if not events & zmq.POLLOUT:
-            return False
-        try:
-            await self.socket.send(frame, zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
+        """Queue `frame`; if not connected (yet) or the queue is full, retry briefly."""
+        deadline = self._loop.time() + connect_timeout
+        while True:
+            try:
+                self.socket.send(frame, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if self._loop.time() >= deadline:
+                    return False
+            finally:
+                if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self._loop.call_soon(self._drain)
+            await asyncio.sleep(SEND_RETRY_S)
 
     def close(self) -> None:
-        self.reader.cancel()
+        self._loop.remove_reader(self._fd)
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(Closed("node shutting down"))
@@ -168,11 +174,11 @@ class _Slot:
 
 class ForwardClient:
     """Multiplexed asyncio client for the REST server of one node. Not thread-safe: it
-    lives on the HTTP thread's event loop."""
+    lives on the HTTP server's event loop."""
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.Context,
         local_endpoint: str,
         *,
         deadline: float = DEADLINE_S,

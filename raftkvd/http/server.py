@@ -1,9 +1,11 @@
-"""The REST API of one node (SPEC §5): aiohttp in a thread of its own, with its own loop.
+"""The REST API of one node (SPEC §5): aiohttp on an asyncio loop of its own thread, in
+the node's HTTP process (process.py, worker.py).
 
-It never touches the consensus core or LMDB: key-value requests, /cluster and the like
-travel over the node's own ZeroMQ client protocol (forward.py), and /health, /ready and
-/metrics read the status snapshot the node loop publishes (metrics.Snapshot). So a slow
-or hostile HTTP client can cost this thread time, never the Raft loop a turn.
+It never touches the consensus core or LMDB: key-value requests, /cluster, /metrics and the
+node's status travel over the node's own ZeroMQ client protocol (forward.py). /health and
+/ready read the latest status (metrics.Snapshot), which this server polls from the node
+every STATUS_POLL_S. So a slow or hostile HTTP client can cost the HTTP process time,
+never the Raft loop a turn.
 
 Limits, so idle or slow connections cannot exhaust the node: a connection cap (the
 excess is answered 503 and closed before aiohttp sees it), an idle timeout that also
@@ -16,6 +18,7 @@ Content-Length before reading, and a cap on forwarded requests in flight
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import resource
@@ -24,16 +27,16 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
+import uvloop
 import zmq
-import zmq.asyncio
 from aiohttp import web
 
 from raftkvd import protocol
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from raftkvd.metrics import NodeMetrics, Snapshot
+from raftkvd.metrics import HttpMetrics, Snapshot
 from raftkvd.protocol import Code
 
 from .forward import ForwardClient
@@ -48,6 +51,7 @@ IDLE_TIMEOUT_S = 10.0
 """A connection with no request in progress for this long is closed: idle keep-alive
 connections, and connections whose request head never completes (_ConnectionGuard)."""
 SHUTDOWN_TIMEOUT_S = 2.0
+BIND_RETRY_S = 3.0
 START_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 1024
 """Open HTTP connections at most (and at most a quarter of the process's file limit, so
@@ -58,7 +62,9 @@ MAX_HEADERS = 64
 MAX_QUERY_FIELDS = 16
 MAX_LIST_LIMIT = 2**32
 STATUS_STALE_S = 2.0
-"""A node whose published status is older than this is stuck: /health says unhealthy."""
+"""A node whose latest status is older than this is stuck: /health says unhealthy."""
+STATUS_POLL_S = 0.1
+"""How often the server asks its node for a fresh status (for /health and /ready)."""
 RETRY_AFTER_S = "1"
 OPENAPI_RESOURCE = "openapi.json"
 KV_PREFIX = "/kv/"
@@ -113,7 +119,7 @@ class RestApi:
         self,
         forward: ForwardClient,
         snapshot: Callable[[], Snapshot | None],
-        metrics: NodeMetrics | None,
+        metrics: HttpMetrics | None,
         max_value_bytes: int,
         guards: dict[asyncio.BaseTransport, _ConnectionGuard] | None = None,
     ) -> None:
@@ -142,7 +148,7 @@ class RestApi:
         if self.metrics is not None:
             for route in app.router.routes():
                 if route.method != "HEAD":
-                    self.metrics.declare_http(route.method, route.resource.canonical, 200)
+                    self.metrics.declare(route.method, route.resource.canonical, 200)
         return app
 
     # ---- errors and metrics, around every handler --------------------------------------
@@ -161,7 +167,7 @@ class RestApi:
             resource_ = getattr(request.match_info.route, "resource", None)
             route = resource_.canonical if resource_ is not None else UNMATCHED_ROUTE
             method = request.method if request.method in KNOWN_METHODS else "OTHER"
-            self.metrics.observe_http(method, route, response.status, time.perf_counter() - started)
+            self.metrics.observe(method, route, response.status, time.perf_counter() - started)
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -208,8 +214,9 @@ class RestApi:
 
     async def health(self, request: web.Request) -> web.Response:
         st, problem = self._status()
-        if not st:
-            return error_response(503, problem or "no status", status="unhealthy")
+        if not st:  # the same shape, with nothing known yet
+            return error_response(503, problem or "no status", status="unhealthy", keys=None,
+                                  node_id=None, role=None, term=None, leader_id=None)
         if problem is None and not st.get("healthy"):
             problem = "no leader known"
         body = {
@@ -241,7 +248,8 @@ class RestApi:
     async def metrics_text(self, request: web.Request) -> web.Response:
         if self.metrics is None:
             return error_response(404, "metrics are not enabled")
-        response = web.Response(body=self.metrics.exposition())
+        node = _checked(await self.forward.local_call({"op": protocol.Op.METRICS.value}))
+        response = web.Response(body=node["text"].encode() + self.metrics.exposition())
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 
@@ -385,9 +393,9 @@ class _Refuse(asyncio.Protocol):
     )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self.RESPONSE)
-        transport.close()
+        writer = cast(asyncio.WriteTransport, transport)  # uvloop's is not an asyncio.Transport
+        writer.write(self.RESPONSE)
+        writer.close()
 
 
 class _ConnectionGuard(asyncio.Protocol):
@@ -446,6 +454,21 @@ class _ConnectionGuard(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
+async def _listen(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol],
+                  address: str) -> asyncio.Server:
+    """Bind `address`, waiting out a short EADDRINUSE: the HTTP process of this node's previous
+    run (killed with it) may still be closing its listener."""
+    host, port = split_address(address)
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 def connection_cap() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -493,7 +516,8 @@ class HttpServer:
     """The REST server of one node, on a thread and asyncio loop of its own.
 
     `start()` returns once the address is bound (or raises HttpError); `stop()` closes the
-    listener, fails waiting requests, closes connections and joins the thread.
+    listener, fails waiting requests, closes connections and joins the thread. Without a
+    `snapshot` source, the server polls the node's status itself (StatusPoller).
     """
 
     def __init__(
@@ -501,8 +525,8 @@ class HttpServer:
         address: str,
         local_client: str,
         max_value_bytes: int,
-        snapshot: Callable[[], Snapshot | None],
-        metrics: NodeMetrics | None = None,
+        snapshot: Callable[[], Snapshot | None] | None = None,
+        metrics: HttpMetrics | None = None,
         *,
         name: str = "raftkvd-http",
     ) -> None:
@@ -527,7 +551,6 @@ class HttpServer:
         if self._error is not None:
             self._thread.join()
             raise HttpError(f"cannot serve http on {self.address}: {self._error}")
-        log.info("event=http_serving address=%s", self.address)
 
     def stop(self) -> None:
         loop, stop, thread = self._loop, self._stop, self._thread
@@ -542,7 +565,7 @@ class HttpServer:
             log.warning("event=http_stop_timeout address=%s", self.address)
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
@@ -558,10 +581,12 @@ class HttpServer:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        ctx = zmq.asyncio.Context()
+        ctx = zmq.Context()
         forward = ForwardClient(ctx, self.local_client)
+        poller = StatusPoller(forward) if self.snapshot is None else None
+        snapshot = self.snapshot or (lambda: poller.latest if poller else None)
         guards: dict[asyncio.BaseTransport, _ConnectionGuard] = {}
-        api = RestApi(forward, self.snapshot, self.metrics, self.max_value_bytes, guards)
+        api = RestApi(forward, snapshot, self.metrics, self.max_value_bytes, guards)
         runner = web.AppRunner(
             api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             keepalive_timeout=IDLE_TIMEOUT_S, lingering_time=1.0, max_line_size=MAX_LINE_BYTES,
@@ -579,15 +604,36 @@ class HttpServer:
                     return _Refuse()
                 return _ConnectionGuard(handlers(), guards, IDLE_TIMEOUT_S)
 
-            host, port = split_address(self.address)
-            server = await loop.create_server(protocol_factory, host, port, reuse_address=True,
-                                              backlog=1024)
+            server = await _listen(loop, protocol_factory, self.address)
             self.port = server.sockets[0].getsockname()[1]
             self._started.set()
+            polling = asyncio.create_task(poller.run()) if poller is not None else None
             await self._stop.wait()
+            if polling is not None:
+                polling.cancel()
         finally:
             if server is not None:
                 server.close()
             forward.close()
             await runner.cleanup()
             ctx.destroy(linger=0)
+
+
+class StatusPoller:
+    """Keeps the node's latest status: asks the node every STATUS_POLL_S, and stamps each
+    answer with its arrival, so a node loop that stops answering ages into "stuck"."""
+
+    def __init__(self, forward: ForwardClient) -> None:
+        self.forward = forward
+        self.latest: Snapshot | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                reply = await self.forward.local_call({"op": protocol.Op.STATUS.value})
+            except Unavailable:
+                pass  # the snapshot ages; /health reports it once it is stale
+            else:
+                if reply.get("code") == Code.OK.value:
+                    self.latest = Snapshot(time.monotonic(), reply["status"])
+            await asyncio.sleep(STATUS_POLL_S)

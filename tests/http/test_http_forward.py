@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import zmq
-import zmq.asyncio
 from helpers import free_port
 
 from raftkvd.http import forward, server
@@ -79,7 +78,7 @@ def run(coro_fn: Callable[[ForwardClient], Any], local: str, **kw: Any) -> Any:
     """Run coro_fn(client) on a fresh loop with a ForwardClient whose node is `local`."""
 
     async def main() -> Any:
-        ctx = zmq.asyncio.Context()
+        ctx = zmq.Context()
         client = ForwardClient(ctx, local, **kw)
         try:
             return await coro_fn(client)

@@ -1,0 +1,87 @@
+"""The HTTP process of a node: `python -m raftkvd.http.worker`, started by the node (process.py).
+
+A process of its own gives the REST API its own interpreter lock, so HTTP parsing and JSON
+never compete with the Raft loop for it. It talks to its node only through the node's
+client endpoint.
+
+Handshake with the parent: one line on stdout once the address is bound, "ready PORT", or
+"error MESSAGE" when it cannot be. Then the process serves until "stop" arrives on its
+stdin, or SIGTERM/SIGINT, and stops cleanly; or until its stdin ends without "stop": the
+node died (the kernel closed the pipe), and the process exits at once, freeing the port for
+the node's restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from raftkvd.metrics import HttpMetrics
+
+from .server import HttpError, HttpServer
+
+log = logging.getLogger(__name__)
+
+READY = "ready"
+ERROR = "error"
+STOP = b"stop"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m raftkvd.http.worker", description=__doc__)
+    parser.add_argument("--node-id", type=int, required=True)
+    parser.add_argument("--address", required=True, help="HOST:PORT to serve HTTP on")
+    parser.add_argument("--client", required=True, help="the node's client endpoint")
+    parser.add_argument("--max-value-bytes", type=int, required=True)
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError:  # the node is gone (or stopped us while we started): stdin's EOF follows
+        pass
+
+
+def _watch_node(done: threading.Event) -> None:
+    """Read stdin to its end: "stop" asks for a clean stop; an end without it, the node died."""
+    received = b""
+    while chunk := os.read(sys.stdin.fileno(), 64):
+        received += chunk
+    if STOP not in received:
+        log.warning("event=node_gone action=exit")
+        logging.shutdown()
+        os._exit(1)
+    done.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    server = HttpServer(args.address, args.client, args.max_value_bytes, metrics=HttpMetrics(),
+                        name=f"raftkvd-http-{args.node_id}")
+    try:
+        server.start()
+    except HttpError as exc:
+        _say(f"{ERROR} {exc}")
+        return 1
+    _say(f"{READY} {server.port}")
+    threading.Thread(target=_watch_node, args=(done,), name="node-watch", daemon=True).start()
+    while not done.wait(1.0):  # wake up now and then so signal handlers run promptly
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
