@@ -208,7 +208,6 @@ class Node:
         next_tick = time.monotonic() + tick_s
         try:
             self._publish()
-            self.http.wait_ready()
             log.info("node=%d event=serving raft=%s client=%s http=%s", self.id, self.settings.node.raft,
                      self.settings.node.client, self.settings.node.http)
             if self.raft_bind != self.settings.node.raft:
@@ -217,7 +216,7 @@ class Node:
                 log.warning("node=%d event=test_hook %s=1 UNSAFE: linearizable reads are served locally "
                             "without ReadIndex and may be stale; for the chaos checker's own test only",
                             self.id, ENV_TEST_UNSAFE_LOCAL_READS)
-            sdnotify.notify("READY=1")
+            http_ready = False
             # The loop allocates many short-lived messages and entries: collect young objects
             # less often, and never rescan what startup left behind.
             gc.freeze()
@@ -229,6 +228,9 @@ class Node:
                 next_tick = self._tick(next_tick, tick_s)
                 self._flush_reads()
                 self._process_ready()
+                if not http_ready and self.http.poll_ready():
+                    http_ready = True
+                    sdnotify.notify("READY=1")  # every endpoint serves now
                 if time.monotonic() >= self._next_publish:
                     self._publish()
                     self.http.supervise()

@@ -1,15 +1,17 @@
 """The node's side of its HTTP process (worker.py): spawn it, wait for its handshake,
 restart it if it dies, stop it.
 
-The child is spawned first thing, so its imports overlap the node's own start; `wait_ready`
-comes later, before the node reports READY=1. The child's stdin is a pipe only we hold:
-"stop" on it asks for a clean stop, and if this process dies the kernel closes it, so a
-killed node never leaves an orphan HTTP server behind (nor its port taken).
+The child is spawned first thing, so its imports overlap the node's own start; the node
+loop then runs at once and checks `poll_ready` each turn, reporting READY=1 only after it.
+The child's stdin is a pipe only we hold: "stop" on it asks for a clean stop, and if this
+process dies the kernel closes it, so a killed node never leaves an orphan HTTP server
+behind (nor its port taken).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import select
 import subprocess
 import sys
@@ -40,7 +42,7 @@ class HttpProcess:
             "--address", address, "--client", local_client,
             "--max-value-bytes", str(max_value_bytes), "--log-level", log_level,
         ]
-        self._spawned_at = time.monotonic()
+        self._handshake = b""
         self._proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -51,40 +53,42 @@ class HttpProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Return once the child serves; HttpError (and no child left) if it cannot."""
-        line = self._read_line(timeout)
-        word, _, rest = line.partition(" ")
-        if word == READY and rest.isdigit():
-            self.port = int(rest)
-            log.info("event=http_serving address=%s pid=%d", self.address, self.pid)
-            return
-        self.stop()
-        if word == ERROR:
-            raise HttpError(rest)
-        code = self._proc.poll()
-        why = f"exited with code {code}" if code is not None else f"said {line[:200]!r}"
-        raise HttpError(f"http process for {self.address} {why} (see the log above)")
-
-    def _read_line(self, timeout: float) -> str:
+    def poll_ready(self) -> bool:
+        """Never blocks: True once the child has said it serves; HttpError (and no child
+        left) if it said it cannot, exited, or stayed silent for START_TIMEOUT_S."""
+        if self.port is not None:
+            return True
         stdout = self._proc.stdout
         assert stdout is not None
-        deadline = time.monotonic() + timeout
-        buffered = b""
-        while not buffered.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([stdout], [], [], left)[0]:
-                self.stop()
-                raise HttpError(f"http process for {self.address} did not start within {timeout:g}s")
-            chunk = stdout.read1(256)
+        while b"\n" not in self._handshake and select.select([stdout], [], [], 0)[0]:
+            chunk = os.read(stdout.fileno(), 256)
             if not chunk:
                 break
-            buffered += chunk
-        return buffered.decode(errors="replace").strip()
+            self._handshake += chunk
+        if b"\n" in self._handshake:
+            line = self._handshake.partition(b"\n")[0].decode(errors="replace").strip()
+            word, _, rest = line.partition(" ")
+            if word == READY and rest.isdigit():
+                self.port = int(rest)
+                log.info("event=http_serving address=%s pid=%d", self.address, self.pid)
+                return True
+            self._fail(rest if word == ERROR else f"http process for {self.address} said {line[:200]!r}")
+        code = self._proc.poll()
+        if code is not None:
+            self._fail(f"http process for {self.address} exited with code {code} (see the log above)")
+        if time.monotonic() - self._spawned_at > START_TIMEOUT_S:
+            self._fail(f"http process for {self.address} did not start within {START_TIMEOUT_S:g}s")
+        return False
+
+    def _fail(self, message: str) -> None:
+        self.stop()
+        raise HttpError(message)
 
     def supervise(self) -> None:
         """Called now and then by the node loop: restart the HTTP process if it died. Never
         blocks: the new process's handshake is not awaited (its log says how it went)."""
+        if self.port is None:
+            return  # still starting: poll_ready is in charge
         code = self._proc.poll()
         if code is None or time.monotonic() - self._spawned_at < RESTART_INTERVAL_S:
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -238,10 +239,26 @@ class ProcCluster:
         return proc
 
     def start_all(self, timeout: float = START_TIMEOUT_S) -> int:
-        """Start every node and return the id of the elected leader."""
+        """Start every node and return the id of the elected leader, once every node's HTTP
+        process (which starts alongside its node) accepts connections too."""
         for node_id in self.ids:
             self.start(node_id)
-        return self.wait_for_leader(timeout)
+        leader = self.wait_for_leader(timeout)
+        for node_id in self.ids:
+            self.wait_http(node_id, timeout)
+        return leader
+
+    def wait_http(self, node_id: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the node's HTTP port accepts a connection."""
+
+        def accepts() -> bool:
+            try:
+                with socket.create_connection((HOST, self.specs[node_id].http_port), timeout=1.0):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(f"node {node_id}'s HTTP port", accepts, timeout, self.describe)
 
     def is_running(self, node_id: int) -> bool:
         proc = self.procs.get(node_id)
