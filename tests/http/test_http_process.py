@@ -32,14 +32,20 @@ def gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def test_a_node_killed_with_sigkill_takes_its_http_process_along(
-    make_cluster: Callable[..., ProcCluster],
-) -> None:
-    cluster = make_cluster()
+def follower_and_its_http_process(cluster: ProcCluster) -> tuple[int, int]:
+    """Start the cluster; a follower's id and the pid of its HTTP process."""
     leader = cluster.start_all()
     node = next(i for i in cluster.ids if i != leader)
     child = http_child(cluster, node)
     assert child is not None
+    return node, child
+
+
+def test_a_node_killed_with_sigkill_takes_its_http_process_along(
+    make_cluster: Callable[..., ProcCluster],
+) -> None:
+    cluster = make_cluster()
+    node, child = follower_and_its_http_process(cluster)
     cluster.kill(node)
     wait_for(f"HTTP process {child} of killed node {node} to exit", lambda: gone(child), 10.0)
     cluster.start(node)  # its port is free again: the restarted node serves HTTP
@@ -50,10 +56,7 @@ def test_a_stopped_node_stops_its_http_process(
     make_cluster: Callable[..., ProcCluster],
 ) -> None:
     cluster = make_cluster()
-    leader = cluster.start_all()
-    node = next(i for i in cluster.ids if i != leader)
-    child = http_child(cluster, node)
-    assert child is not None
+    node, child = follower_and_its_http_process(cluster)
     assert cluster.stop(node) == 0
     assert gone(child)
     assert "node_gone" not in cluster.log_tail(node), "a clean stop is not a dead node"
