@@ -272,16 +272,28 @@ def member_list(settings: Settings) -> None:
 @click.argument("raft")
 @click.argument("client")
 @click.argument("http")
-def member_add(node_id: int, raft: str, client: str, http: str) -> None:
-    """Add node ID (it catches up as a non-voter first)."""
-    raise UsageError("member add is not supported yet")
+@pass_settings
+def member_add(settings: Settings, node_id: int, raft: str, client: str, http: str) -> None:
+    """Add node ID with its RAFT and CLIENT endpoints (tcp://HOST:PORT) and HTTP address
+    (HOST:PORT).
+
+    The node joins as a non-voter: start it with `raftkvd run --config FILE --id ID --join`
+    (FILE lists the running nodes and the new one). It receives a snapshot and the log,
+    and the leader makes it a voter once it has caught up.
+    """
+    index = settings.client().member_add(node_id, raft, client, http)
+    settings.done({"id": node_id, "index": index},
+                  f"added node {node_id} as a learner (index {index}); start it with --join; "
+                  "it becomes a voter once caught up")
 
 
 @member.command("remove")
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
-def member_remove(node_id: int) -> None:
-    """Remove node ID."""
-    raise UsageError("member remove is not supported yet")
+@pass_settings
+def member_remove(settings: Settings, node_id: int) -> None:
+    """Remove node ID from the cluster (the leader too: it hands over once removed)."""
+    index = settings.client().member_remove(node_id)
+    settings.done({"id": node_id, "index": index}, f"removed node {node_id} (index {index})")
 
 
 @cli.group()

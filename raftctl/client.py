@@ -155,6 +155,17 @@ class Client:
         self.leader = None  # the endpoint we knew now belongs to a follower
         return leader_id
 
+    def member_add(self, node_id: int, raft: str, client: str, http: str) -> int:
+        """Add node `node_id` as a learner (addresses as in the cluster file); the leader
+        makes it a voter once it has caught up. Returns the log index of the change."""
+        fields = {"node_id": node_id, "raft": raft, "client": client, "http": http}
+        return int(self._call(Op.MEMBER_ADD, **fields)["index"])
+
+    def member_remove(self, node_id: int) -> int:
+        """Remove node `node_id` (the leader too: it steps down once the removal commits).
+        Returns the log index of the change."""
+        return int(self._call(Op.MEMBER_REMOVE, node_id=node_id)["index"])
+
     def snapshot(self, endpoint: str) -> int:
         """Make the node at `endpoint` snapshot and compact its log; returns the index."""
         return int(self._call_node(normalize_endpoint(endpoint), Op.SNAPSHOT)["index"])

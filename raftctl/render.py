@@ -134,18 +134,27 @@ def member_rows(nodes: list[Node]) -> list[list[str]]:
             _address(n.get("endpoint")),
             _address(n.get("raft")),
             _cell(n.get("http")),
-            _cell(n.get("role")) if is_reachable(n) else UNREACHABLE,
+            _member_role(n) if is_reachable(n) else UNREACHABLE,
         ]
         for n in sorted_nodes(nodes)
     ]
 
 
+def _member_role(node: Node) -> str:
+    """A learner replicates like a follower but does not vote: say so."""
+    if node.get("id") in node.get("learners", ()):
+        return "learner"
+    return _cell(node.get("role"))
+
+
 def print_members(nodes: list[Node], output: str) -> None:
     if output == OUTPUT_JSON:
-        keys = ("id", "endpoint", "raft", "http", "role")
-        print_json(
-            [{**{k: n.get(k) for k in keys}, "reachable": is_reachable(n)} for n in sorted_nodes(nodes)]
-        )
+        keys = ("id", "endpoint", "raft", "http")
+        print_json([
+            {**{k: n.get(k) for k in keys}, "role": _member_role(n) if is_reachable(n) else None,
+             "reachable": is_reachable(n)}
+            for n in sorted_nodes(nodes)
+        ])
     else:
         print_rows(member_rows(nodes), MEMBER_COLUMNS, output)
 

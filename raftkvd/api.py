@@ -8,6 +8,7 @@ counted, never raised.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from .wire import WireError, decode_client, encode_client
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME = 72 * 1024 * 1024
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}")
+_ZMQ_TCP = re.compile(r"tcp://" + _HOST_PORT.pattern)
 HWM = 10_000
 
 
@@ -51,6 +54,23 @@ def _text(body: dict[str, Any], name: str, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str):
         raise RequestError(Code.INVALID, f"{name} must be a string")
+
+
+def _member(body: dict[str, Any], adding: bool) -> None:
+    node_id = body.get("node_id")
+    if type(node_id) is not int or not 1 <= node_id < 2**63:  # bool is an int: refuse it too
+        raise RequestError(Code.INVALID, "node_id must be a positive integer")
+    if not adding:
+        return
+    for name in ("raft", "client"):
+        _text(body, name)
+        if not _ZMQ_TCP.fullmatch(body[name]):
+            raise RequestError(
+                Code.INVALID, f"{name} must look like tcp://HOST:PORT, got {body[name][:80]!r}"
+            )
+    _text(body, "http")
+    if not _HOST_PORT.fullmatch(body["http"]):
+        raise RequestError(Code.INVALID, f"http must look like HOST:PORT, got {body['http'][:80]!r}")
 
 
 def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
@@ -97,6 +117,8 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
         protocol.CONSISTENCY_SERIALIZABLE,
     ):
         raise RequestError(Code.INVALID, "consistency must be linearizable or serializable")
+    if op in protocol.MEMBER_OPS:
+        _member(body, adding=op == Op.MEMBER_ADD)
     to = body.get("to", 0)
     if op == Op.TRANSFER and (type(to) is not int or to < 0):  # bool is an int: refuse it too
         raise RequestError(Code.INVALID, "to must be a node id")

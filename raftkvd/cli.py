@@ -41,12 +41,17 @@ def cli() -> None:
               help="Override the node's data_dir (env RAFTKVD_DATA_DIR).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Log level (env RAFTKVD_LOG_LEVEL, default info).")
-def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_level: str | None) -> None:
+@click.option("--join", is_flag=True, default=False,
+              help="Join a running cluster after `raftctl member add` (env RAFTKVD_JOIN=1): a "
+                   "new data dir learns its membership from the leader instead of the file.")
+def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_level: str | None,
+        join: bool) -> None:
     """Run one node in the foreground; logs go to stderr. SIGTERM/SIGINT stop it cleanly."""
     from .node import Node
 
     try:
-        settings = load_settings(config_path, node_id=node_id, data_dir=data_dir, log_level=log_level)
+        settings = load_settings(config_path, node_id=node_id, data_dir=data_dir, log_level=log_level,
+                                 join=join)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
     logging.basicConfig(

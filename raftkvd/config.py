@@ -43,6 +43,7 @@ ENV_ID = "RAFTKVD_ID"
 ENV_DATA_DIR = "RAFTKVD_DATA_DIR"
 ENV_LOG_LEVEL = "RAFTKVD_LOG_LEVEL"
 ENV_MAP_SIZE = "RAFTKVD_MAP_SIZE"
+ENV_JOIN = "RAFTKVD_JOIN"
 
 CLUSTER_KEYS = frozenset(
     {
@@ -110,6 +111,9 @@ class Settings:
     node: NodeSettings
     config_path: Path
     log_level: str = DEFAULT_LOG_LEVEL
+    join: bool = False
+    """Join a running cluster (after `raftctl member add`) instead of founding one: a new data
+    dir then starts with no membership and learns it from the leader."""
 
 
 def load_cluster(path: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ) -> ClusterSettings:
@@ -123,6 +127,7 @@ def load_settings(
     data_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] = os.environ,
     log_level: str | None = None,
+    join: bool = False,
 ) -> Settings:
     """Settings for one node: the file, then RAFTKVD_* variables, then the flags given here."""
     config_path = _config_path(path, env)
@@ -134,7 +139,16 @@ def load_settings(
         node = replace(node, data_dir=_resolve_dir(env[ENV_DATA_DIR], ENV_DATA_DIR))
     if env.get(ENV_MAP_SIZE):
         cluster = replace(cluster, map_size_bytes=_parse_map_size(env[ENV_MAP_SIZE]))
-    return Settings(cluster, node, config_path, _log_level(log_level, env))
+    return Settings(cluster, node, config_path, _log_level(log_level, env), join or _join(env))
+
+
+def _join(env: Mapping[str, str]) -> bool:
+    value = env.get(ENV_JOIN, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ConfigError(ENV_JOIN, f"expected 1 or 0, got {value!r}")
 
 
 def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:

@@ -11,6 +11,7 @@ leave (SPEC §7). A turn that only applies committed entries skips the final met
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import itertools
 import logging
@@ -37,7 +38,17 @@ from .peerstatus import fetch_statuses
 from .protocol import Code, Op
 from .raft import ProposalDropped, RaftConfig, RaftNode
 from .raft.log import RaftLogError
-from .raft.messages import NONE, ConfState, EntryType, Message, MessageType, Ready, StateRole
+from .raft.messages import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    EntryType,
+    Message,
+    MessageType,
+    Ready,
+    StateRole,
+)
 from .statemachine import KVStateMachine
 from .storage import LogStore
 from .transport import Transport
@@ -177,7 +188,10 @@ class Node:
 
     # ==== setup ================================================================================
     def _bootstrap(self) -> None:
-        """A brand-new data dir takes its first membership from the cluster file."""
+        """A brand-new data dir takes its first membership from the cluster file, unless the
+        node joins a running cluster: then the leader's snapshot brings the membership."""
+        if self.settings.join:
+            return
         nodes = self.settings.cluster.nodes
         conf = ConfState(frozenset(n.id for n in nodes))
         addresses = {n.id: {"raft": n.raft, "client": n.client, "http": n.http} for n in nodes}
@@ -192,7 +206,8 @@ class Node:
         return addresses
 
     def _raft_peers(self) -> dict[int, str]:
-        ids = self.core.status().conf.ids()
+        # A joining node knows no membership yet: it answers whoever in the file calls.
+        ids = self.core.status().conf.ids() or {n.id for n in self.settings.cluster.nodes}
         return {i: self.members[i]["raft"] for i in ids if i != self.id and i in self.members}
 
     # ==== the loop ===============================================================================
@@ -234,6 +249,7 @@ class Node:
                 if time.monotonic() >= self._next_publish:
                     self._publish()
                     self.http.supervise()
+                    self._promote_caught_up_learners()
         finally:
             sdnotify.notify("STOPPING=1")
             self._shutdown()
@@ -290,23 +306,24 @@ class Node:
         if rd.must_sync() or rd.committed_entries:
             self._persist_and_apply(rd)
         self._send_all(rd.persisted_messages)
+        membership_changed = rd.snapshot is not None
         if rd.snapshot is not None:
             self.applied = rd.snapshot.meta.index
-            self._membership_changed()
         if rd.hard_state is not None and rd.hard_state.commit > self._seen_commit:
             self.metrics.proposals_committed.inc(rd.hard_state.commit - self._seen_commit)
             self._seen_commit = rd.hard_state.commit
         if rd.committed_entries:
             self.applied = rd.committed_entries[-1].index
             self.metrics.proposals_applied.inc(len(rd.committed_entries))
-            if any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries):
-                self._membership_changed()
+            membership_changed |= any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries)
         for state in rd.read_states:
             batch = self.reads_by_ctx.pop(state.context, None)
             if batch is not None:
                 batch.index = state.index
                 self.reads_waiting.append(batch)
         self.core.advance(rd)
+        if membership_changed:  # after advance: the core applies conf changes there
+            self._membership_changed()
         self._serve_reads()
 
     def _send_all(self, messages: list[Message]) -> None:
@@ -356,6 +373,8 @@ class Node:
             if pending.term != entry.term:
                 self.metrics.proposals_failed.inc()
                 self._fail(pending.request, Code.UNAVAILABLE, "leadership changed; retry")
+            elif pending.request.op in protocol.MEMBER_OPS:
+                self.client.respond(pending.request, {**result, "index": entry.index})
             else:
                 self.client.respond(pending.request, result)
 
@@ -402,7 +421,8 @@ class Node:
         if op == Op.STATUS:
             self.client.respond(request, {"code": Code.OK.value, "status": self.status()})
         elif op == Op.CLUSTER:
-            self._background.submit(self._in_background, request, self._gather_cluster)
+            gather = functools.partial(self._gather_cluster, self._member_clients())
+            self._background.submit(self._in_background, request, gather)
         elif op == Op.METRICS:
             self._background.submit(self._in_background, request, self._metrics_text)
         elif op in (Op.GET, Op.LIST):
@@ -413,6 +433,10 @@ class Node:
             self._handle_transfer(request)
         elif op == Op.SNAPSHOT:
             self._handle_snapshot(request)
+        elif op == Op.MEMBER_ADD:
+            self._handle_member_add(request)
+        elif op == Op.MEMBER_REMOVE:
+            self._handle_member_remove(request)
         elif op == Op.HASH:  # scans every key: on request only, never in status()
             self.client.respond(
                 request, {"code": Code.OK.value, "hash": self.sm.hash(), "applied": self.applied}
@@ -509,13 +533,74 @@ class Node:
         ]
         return max(candidates)[1] if candidates else NONE
 
+    # ---- membership (thesis §4.1: one server at a time; new servers catch up as learners) ----
+    def _handle_member_add(self, request: Request) -> None:
+        if self.role != StateRole.LEADER:
+            self._redirect(request)
+            return
+        body = request.body
+        node_id = body["node_id"]
+        if node_id in self.core.status().conf.ids():
+            self._fail(request, Code.INVALID, f"node {node_id} is already a member")
+            return
+        if self.logstore.first_index() <= 1:
+            # The founding membership is not in the log (it came from the cluster file):
+            # compact, so the new node starts from a snapshot, which carries it.
+            with self.env.write() as batch:
+                self.logstore.compact(self.applied, batch=batch)
+        context = msgpack.packb({k: body[k] for k in ("raft", "client", "http")})
+        self._propose_member_change(request, ConfChange(ConfChangeType.ADD_LEARNER, node_id, context))
+
+    def _handle_member_remove(self, request: Request) -> None:
+        if self.role != StateRole.LEADER:
+            self._redirect(request)
+            return
+        node_id = request.body["node_id"]
+        if node_id not in self.core.status().conf.ids():
+            self._fail(request, Code.INVALID, f"node {node_id} is not a member")
+            return
+        self._propose_member_change(request, ConfChange(ConfChangeType.REMOVE_NODE, node_id))
+
+    def _propose_member_change(self, request: Request, change: ConfChange) -> None:
+        """Answered once the change is applied, like a write."""
+        try:
+            index = self.core.propose_conf_change(change)
+        except ProposalDropped as exc:
+            self._fail(request, Code.UNAVAILABLE, str(exc))
+            return
+        log.info("node=%d event=member_change type=%s member=%d index=%d", self.id,
+                 change.type.name, change.node_id, index)
+        self.pending_writes[index] = PendingWrite(request, self.core.term)
+
+    def _promote_caught_up_learners(self) -> None:
+        """The leader makes a learner a voter once its log has caught up with the commit
+        index, so adding a server never leaves the cluster waiting on an empty log."""
+        if self.role != StateRole.LEADER:
+            return
+        st = self.core.status()
+        for learner in sorted(st.conf.learners):
+            progress = st.progress.get(learner)
+            if progress is None or progress.match < st.commit:
+                continue
+            try:
+                index = self.core.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, learner))
+            except ProposalDropped:
+                return  # another change is still pending: one at a time
+            log.info("node=%d event=promote_learner member=%d match=%d index=%d", self.id, learner,
+                     progress.match, index)
+            return
+
     def _handle_snapshot(self, request: Request) -> None:
         with self.env.write() as batch:
             self.logstore.compact(self.applied, batch=batch)
         self.client.respond(request, {"code": Code.OK.value, "index": self.applied})
 
-    def _gather_cluster(self) -> dict[str, Any]:
-        members = {i: a["client"] for i, a in self.members.items()}
+    def _member_clients(self) -> dict[int, str]:
+        """Client endpoints of the current members (of the file's nodes while we know none)."""
+        ids = self.core.status().conf.ids() or set(self.members)
+        return {i: a["client"] for i, a in self.members.items() if i in ids or i == self.id}
+
+    def _gather_cluster(self, members: dict[int, str]) -> dict[str, Any]:
         return {"nodes": fetch_statuses(self.ctx, members, CLUSTER_STATUS_TIMEOUT_S)}
 
     def _metrics_text(self) -> dict[str, Any]:

@@ -16,6 +16,9 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   snapshot: (none)                        -> index
   hash:   (none)                          -> hash (sha256 hex of the kv state), applied
           (this node's state machine; computed on request: it scans every key)
+  member_add: node_id, raft, client, http -> index (the new node joins as a learner; the
+          leader promotes it to voter once it has caught up)
+  member_remove: node_id                  -> index
   metrics:(none)                          -> text (Prometheus exposition of the node process;
           the HTTP process serves it, with its own REST metrics, on /metrics)
 Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
@@ -44,9 +47,12 @@ class Op(enum.StrEnum):
     SNAPSHOT = "snapshot"
     HASH = "hash"
     METRICS = "metrics"
+    MEMBER_ADD = "member_add"
+    MEMBER_REMOVE = "member_remove"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+MEMBER_OPS = frozenset({Op.MEMBER_ADD, Op.MEMBER_REMOVE})
 
 
 class Code(enum.StrEnum):

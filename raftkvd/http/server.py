@@ -18,6 +18,7 @@ Content-Length before reading, and a cap on forwarded requests in flight
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -611,6 +612,8 @@ class HttpServer:
             await self._stop.wait()
             if polling is not None:
                 polling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await polling
         finally:
             if server is not None:
                 server.close()

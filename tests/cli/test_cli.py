@@ -148,6 +148,14 @@ class FakeClient:
         self._record("snapshot", endpoint)
         return 120
 
+    def member_add(self, node_id: int, raft: str, client: str, http: str) -> int:
+        self._record("member_add", (node_id, raft, client, http))
+        return 130
+
+    def member_remove(self, node_id: int) -> int:
+        self._record("member_remove", node_id)
+        return 131
+
 
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
@@ -410,14 +418,26 @@ def test_member_list_shows_every_nodes_addresses(cluster):
     assert "127.0.0.1:8081" in run("member", "list").out
 
 
-@pytest.mark.parametrize(
-    "args", [["member", "add", "4", "tcp://h:1", "tcp://h:2", "h:3"], ["member", "remove", "3"]]
-)
-def test_membership_changes_are_not_supported_yet(cluster, args):
+def test_member_add_sends_the_addresses_and_says_how_to_start_the_node(cluster):
+    result = run("member", "add", "4", "tcp://h:1", "tcp://h:2", "h:3")
+    assert result.code == 0
+    assert "added node 4 as a learner" in result.out and "--join" in result.out
+    assert ("member_add", (4, "tcp://h:1", "tcp://h:2", "h:3")) in cluster.calls
+
+
+def test_member_remove_names_the_node(cluster):
+    result = run("-o", "json", "member", "remove", "3")
+    assert result.code == 0 and json.loads(result.out) == {"id": 3, "index": 131}
+    assert ("member_remove", 3) in cluster.calls
+
+
+@pytest.mark.parametrize("args", [["member", "add", "0", "tcp://h:1", "tcp://h:2", "h:3"],
+                                  ["member", "add", "4", "tcp://h:1"], ["member", "remove", "x"]])
+def test_member_changes_with_bad_arguments_are_usage_errors(cluster, args):
     result = run(*args)
     assert result.code == 2
     assert_one_line(result.err)
-    assert "not supported yet" in result.err
+    assert not [c for c in cluster.calls if c[0].startswith("member")]
 
 
 def test_leader_transfer_reports_the_new_leader(cluster):

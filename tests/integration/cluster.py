@@ -166,26 +166,40 @@ class ProcCluster:
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        taken: set[int] = set()
+        self._taken: set[int] = set()
         self.specs: dict[int, NodeSpec] = {}
-        for node_id in range(1, size + 1):
-            self.specs[node_id] = NodeSpec(
-                id=node_id,
-                raft_port=pick_port(taken),
-                client_port=pick_port(taken),
-                http_port=pick_port(taken),
-                data_dir=root / f"node{node_id}",
-                log_path=root / f"node{node_id}.log",
-            )
+        for _ in range(size):
+            self._new_spec()
         self.log_level = log_level
         self.config_path = root / "cluster.toml"
-        self.config_path.write_text(self._toml(max_value_bytes, snapshot_threshold))
+        self._file_settings = (max_value_bytes, snapshot_threshold)
+        self.config_path.write_text(self._toml(*self._file_settings))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: list[subprocess.Popen[bytes]] = []
         self.paused: set[int] = set()
         self.ctx = zmq.Context()
         self._clients: list[Client] = []
         ProcCluster.live.add(self)
+
+    def _new_spec(self) -> NodeSpec:
+        node_id = max(self.specs, default=0) + 1
+        spec = self.specs[node_id] = NodeSpec(
+            id=node_id,
+            raft_port=pick_port(self._taken),
+            client_port=pick_port(self._taken),
+            http_port=pick_port(self._taken),
+            data_dir=self.root / f"node{node_id}",
+            log_path=self.root / f"node{node_id}.log",
+        )
+        return spec
+
+    def add_spec(self) -> NodeSpec:
+        """Ports and dirs for one more node, written into the cluster file (for `member add`:
+        the running nodes founded the cluster already, so the longer file does not change
+        their membership; the new node starts with `start(id, join=True)`)."""
+        spec = self._new_spec()
+        self.config_path.write_text(self._toml(*self._file_settings))
+        return spec
 
     def _toml(self, max_value_bytes: int, snapshot_threshold: int | None) -> str:
         low, high = ELECTION_TIMEOUT_MS
@@ -221,8 +235,9 @@ class ProcCluster:
         env["RAFTKVD_LOG_LEVEL"] = self.log_level
         return env
 
-    def start(self, node_id: int) -> subprocess.Popen[bytes]:
-        """Start one node in the background (appending to its log file)."""
+    def start(self, node_id: int, join: bool = False) -> subprocess.Popen[bytes]:
+        """Start one node in the background (appending to its log file); `join`: as a node
+        added to a running cluster (`raftkvd run --join`)."""
         assert not self.is_running(node_id), f"node {node_id} is already running"
         spec = self.specs[node_id]
         env = self.node_env(node_id)
@@ -230,7 +245,8 @@ class ProcCluster:
             log.write(f"==== {self.harness_name} harness: starting node {node_id} ====\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                [*RAFTKVD, "run", "--config", str(self.config_path), "--id", str(node_id)],
+                [*RAFTKVD, "run", "--config", str(self.config_path), "--id", str(node_id),
+                 *(["--join"] if join else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
             )
         self.procs[node_id] = proc

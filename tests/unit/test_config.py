@@ -319,10 +319,20 @@ def test_map_size_variable_is_mib_or_takes_a_unit(write, raw: str, size: int) ->
         ({"RAFTKVD_ID": "1", "RAFTKVD_MAP_SIZE": "0"}, "RAFTKVD_MAP_SIZE"),
         ({"RAFTKVD_ID": "1", "RAFTKVD_MAP_SIZE": "1073741824"}, "RAFTKVD_MAP_SIZE"),
         ({"RAFTKVD_ID": "1", "RAFTKVD_DATA_DIR": "  "}, "RAFTKVD_DATA_DIR"),
+        ({"RAFTKVD_ID": "1", "RAFTKVD_JOIN": "maybe"}, "RAFTKVD_JOIN"),
     ],
 )
 def test_invalid_environment_values_name_the_variable(write, env: dict[str, str], field: str) -> None:
     assert config_error(write(three_nodes()), node_id=None, env=env).field == field
+
+
+@pytest.mark.parametrize(
+    "env, flag, join",
+    [({}, False, False), ({"RAFTKVD_JOIN": "1"}, False, True), ({"RAFTKVD_JOIN": "0"}, False, False),
+     ({}, True, True), ({"RAFTKVD_JOIN": "true"}, False, True)],
+)  # fmt: skip
+def test_join_comes_from_the_flag_or_the_environment(write, env, flag: bool, join: bool) -> None:
+    assert load_settings(write(three_nodes()), node_id=1, env=env, join=flag).join is join
 
 
 def test_invalid_flag_values_name_the_flag(write) -> None:
