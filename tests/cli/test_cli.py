@@ -487,7 +487,7 @@ def test_bench_percentiles_are_nearest_rank_in_milliseconds():
         (KeyboardInterrupt(), 130, None),
         (RuntimeError("boom\nsecond line"), 1, "error: boom\\nsecond line\n"),
         (RaftCtlError("server error: oops"), 1, "server error: oops\n"),
-        (UsageError("member add is not supported yet"), 2, "member add is not supported yet\n"),
+        (UsageError("no endpoints given"), 2, "no endpoints given\n"),
     ],
 )
 def test_every_failure_maps_to_an_exit_code_and_at_most_one_line(cluster, error, code, line):
