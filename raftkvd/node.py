@@ -596,9 +596,10 @@ class Node:
         self.client.respond(request, {"code": Code.OK.value, "index": self.applied})
 
     def _member_clients(self) -> dict[int, str]:
-        """Client endpoints of the current members (of the file's nodes while we know none)."""
+        """Client endpoints of the current members (of the file's nodes while we know none):
+        a removed node lists the cluster it left, without itself."""
         ids = self.core.status().conf.ids() or set(self.members)
-        return {i: a["client"] for i, a in self.members.items() if i in ids or i == self.id}
+        return {i: a["client"] for i, a in self.members.items() if i in ids}
 
     def _gather_cluster(self, members: dict[int, str]) -> dict[str, Any]:
         return {"nodes": fetch_statuses(self.ctx, members, CLUSTER_STATUS_TIMEOUT_S)}
