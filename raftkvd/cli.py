@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import zmq
 
-from .config import ConfigError, load_cluster, load_settings
+from .config import LOG_FORMAT, ConfigError, load_cluster, load_settings
 from .errors import RaftKVError
 from .localcluster import LocalCluster
 
@@ -57,7 +57,7 @@ def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=LOG_FORMAT,
     )
     try:
         node = Node(settings)

@@ -44,6 +44,8 @@ ENV_DATA_DIR = "RAFTKVD_DATA_DIR"
 ENV_LOG_LEVEL = "RAFTKVD_LOG_LEVEL"
 ENV_MAP_SIZE = "RAFTKVD_MAP_SIZE"
 ENV_JOIN = "RAFTKVD_JOIN"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+"""One line per event on stderr, the same for the node and its HTTP process."""
 
 CLUSTER_KEYS = frozenset(
     {

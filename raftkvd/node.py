@@ -546,8 +546,7 @@ class Node:
         if self.logstore.first_index() <= 1:
             # The founding membership is not in the log (it came from the cluster file):
             # compact, so the new node starts from a snapshot, which carries it.
-            with self.env.write() as batch:
-                self.logstore.compact(self.applied, batch=batch)
+            self._compact_to_applied()
         context = msgpack.packb({k: body[k] for k in ("raft", "client", "http")})
         self._propose_member_change(request, ConfChange(ConfChangeType.ADD_LEARNER, node_id, context))
 
@@ -591,9 +590,12 @@ class Node:
             return
 
     def _handle_snapshot(self, request: Request) -> None:
+        self._compact_to_applied()
+        self.client.respond(request, {"code": Code.OK.value, "index": self.applied})
+
+    def _compact_to_applied(self) -> None:
         with self.env.write() as batch:
             self.logstore.compact(self.applied, batch=batch)
-        self.client.respond(request, {"code": Code.OK.value, "index": self.applied})
 
     def _member_clients(self) -> dict[int, str]:
         """Client endpoints of the current members (of the file's nodes while we know none):

@@ -517,8 +517,8 @@ class HttpServer:
     """The REST server of one node, on a thread and asyncio loop of its own.
 
     `start()` returns once the address is bound (or raises HttpError); `stop()` closes the
-    listener, fails waiting requests, closes connections and joins the thread. Without a
-    `snapshot` source, the server polls the node's status itself (StatusPoller).
+    listener, fails waiting requests, closes connections and joins the thread. The node's
+    status comes from polling the node itself (StatusPoller).
     """
 
     def __init__(
@@ -526,7 +526,6 @@ class HttpServer:
         address: str,
         local_client: str,
         max_value_bytes: int,
-        snapshot: Callable[[], Snapshot | None] | None = None,
         metrics: HttpMetrics | None = None,
         *,
         name: str = "raftkvd-http",
@@ -534,7 +533,6 @@ class HttpServer:
         self.address = address
         self.local_client = local_client
         self.max_value_bytes = max_value_bytes
-        self.snapshot = snapshot
         self.metrics = metrics
         self.name = name
         self.port: int | None = None
@@ -584,10 +582,9 @@ class HttpServer:
         self._stop = asyncio.Event()
         ctx = zmq.Context()
         forward = ForwardClient(ctx, self.local_client)
-        poller = StatusPoller(forward) if self.snapshot is None else None
-        snapshot = self.snapshot or (lambda: poller.latest if poller else None)
+        poller = StatusPoller(forward)
         guards: dict[asyncio.BaseTransport, _ConnectionGuard] = {}
-        api = RestApi(forward, snapshot, self.metrics, self.max_value_bytes, guards)
+        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes, guards)
         runner = web.AppRunner(
             api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             keepalive_timeout=IDLE_TIMEOUT_S, lingering_time=1.0, max_line_size=MAX_LINE_BYTES,
@@ -608,12 +605,11 @@ class HttpServer:
             server = await _listen(loop, protocol_factory, self.address)
             self.port = server.sockets[0].getsockname()[1]
             self._started.set()
-            polling = asyncio.create_task(poller.run()) if poller is not None else None
+            polling = asyncio.create_task(poller.run())
             await self._stop.wait()
-            if polling is not None:
-                polling.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await polling
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
         finally:
             if server is not None:
                 server.close()

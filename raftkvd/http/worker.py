@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 
+from raftkvd.config import LOG_FORMAT
 from raftkvd.metrics import HttpMetrics
 
 from .server import HttpError, HttpServer
@@ -64,11 +65,11 @@ def _watch_node(done: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+                        format=LOG_FORMAT)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    server = HttpServer(args.address, args.client, args.max_value_bytes, metrics=HttpMetrics(),
+    server = HttpServer(args.address, args.client, args.max_value_bytes, HttpMetrics(),
                         name=f"raftkvd-http-{args.node_id}")
     try:
         server.start()

@@ -18,7 +18,6 @@ from helpers import free_port
 
 from raftkvd.http import forward, server
 from raftkvd.http.forward import ForwardClient, NoLeader, Overloaded
-from raftkvd.metrics import Snapshot
 from raftkvd.wire import decode_client, encode_client
 
 pytestmark = pytest.mark.timeout(60)
@@ -205,16 +204,10 @@ def test_a_silent_local_node_is_a_timeout_not_a_hang(nodes: Callable[[Handler], 
     assert len(node.requests) == 1, "a local question is asked once"
 
 
-def _snapshot() -> Snapshot:
-    status = {"id": 1, "role": "leader", "term": 2, "leader_id": 1, "keys": 0, "healthy": True,
-              "ready": True, "applied": 5}
-    return Snapshot(time.monotonic(), status)
-
-
 def test_connections_over_the_cap_get_503_and_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "connection_cap", lambda: 4)
     port = free_port()
-    http = server.HttpServer(f"127.0.0.1:{port}", f"tcp://127.0.0.1:{free_port()}", 1024, _snapshot)
+    http = server.HttpServer(f"127.0.0.1:{port}", f"tcp://127.0.0.1:{free_port()}", 1024)
     http.start()
     held = []
     try:
@@ -232,13 +225,13 @@ def test_connections_over_the_cap_get_503_and_are_closed(monkeypatch: pytest.Mon
             sock.close()
         held.clear()
 
-        def health() -> bytes:
+        def served() -> bytes:  # a page that needs no node behind the server
             with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
-                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 return sock.recv(65536)
 
         deadline = time.monotonic() + 5.0
-        while not (answer := health()).startswith(b"HTTP/1.1 200") and time.monotonic() < deadline:
+        while not (answer := served()).startswith(b"HTTP/1.1 200") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert answer.startswith(b"HTTP/1.1 200"), answer
     finally:
@@ -252,6 +245,6 @@ def test_a_taken_address_fails_start_with_one_clear_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        http = server.HttpServer(f"127.0.0.1:{port}", "tcp://127.0.0.1:1", 1024, _snapshot)
+        http = server.HttpServer(f"127.0.0.1:{port}", "tcp://127.0.0.1:1", 1024)
         with pytest.raises(server.HttpError, match=f"cannot serve http on 127.0.0.1:{port}"):
             http.start()
