@@ -20,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from raftkvd.protocol import Code
-from raftkvd.wire import WireError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.protocol import Code
 
 from .client import normalize_endpoint
 from .errors import RaftCtlError, RequestRejected, Unavailable
@@ -140,7 +140,7 @@ class LoadRun:
         assert client.socket is not None
         try:
             reply = decode_client(client.socket.recv(zmq.NOBLOCK))
-        except (WireError, zmq.Again):
+        except (FrameError, zmq.Again):
             return
         if reply.get("id") != client.request_id or client.request is None:
             return  # a late answer to an abandoned try

@@ -25,7 +25,7 @@ from raftctl import render
 from raftctl.bench import LoadRun, RequestMaker, bench_key, bench_result
 from raftctl.client import DEFAULT_TIMEOUT, Client, normalize_endpoint
 from raftctl.errors import EXIT_OK, EXIT_USAGE, RaftCtlError, Unavailable, UsageError
-from raftkvd.protocol import CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE, MAX_KEY_BYTES
+from raftkv.protocol import CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE, MAX_KEY_BYTES
 
 DEFAULT_ENDPOINTS = "127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063"
 ENDPOINTS_ENV = "RAFTCTL_ENDPOINTS"

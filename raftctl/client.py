@@ -1,6 +1,6 @@
 """raftctl.Client: the Python client library for a raftkv cluster.
 
-Speaks raftkvd's client protocol (raftkvd.protocol) over one ZeroMQ DEALER per
+Speaks raftkvd's client protocol (raftkv.protocol) over one ZeroMQ DEALER per
 node endpoint. It finds the leader by itself (following "not_leader" redirects,
 trying the next node on silence) and numbers its writes within a random session
 so that a write retried after a lost answer is applied once (thesis §6.3).
@@ -27,14 +27,14 @@ from raftctl.errors import (
     Unavailable,
     UsageError,
 )
-from raftkvd.protocol import (
+from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.protocol import (
     CONSISTENCY_LINEARIZABLE,
     CONSISTENCY_SERIALIZABLE,
     MAX_KEY_BYTES,
     Code,
     Op,
 )
-from raftkvd.wire import WireError, decode_client, encode_client
 
 DEFAULT_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 0.2
@@ -368,7 +368,7 @@ def _decode(frame: bytes) -> Reply | None:
     """A reply frame, or None for garbage (dropped like any unmatched frame)."""
     try:
         return decode_client(frame)
-    except WireError:
+    except FrameError:
         return None
 
 

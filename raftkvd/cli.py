@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 import zmq
 
-from .config import LOG_FORMAT, ConfigError, load_cluster, load_settings
 from .errors import RaftKVError
 from .localcluster import LocalCluster
+from .settings import LOG_FORMAT, SettingsError, load_cluster, load_settings
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -47,12 +47,12 @@ def cli() -> None:
 def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_level: str | None,
         join: bool) -> None:
     """Run one node in the foreground; logs go to stderr. SIGTERM/SIGINT stop it cleanly."""
-    from .node import Node
+    from .server.node import Node
 
     try:
         settings = load_settings(config_path, node_id=node_id, data_dir=data_dir, log_level=log_level,
                                  join=join)
-    except ConfigError as exc:
+    except SettingsError as exc:
         _fail(str(exc), EXIT_CONFIG)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -87,7 +87,7 @@ _config_option = click.option(
 def _local_cluster(config_path: str) -> LocalCluster:
     try:
         return LocalCluster(load_cluster(config_path), Path(config_path))
-    except ConfigError as exc:
+    except SettingsError as exc:
         _fail(str(exc), EXIT_CONFIG)
         raise AssertionError("unreachable") from exc
 

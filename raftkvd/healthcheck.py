@@ -11,7 +11,7 @@ import argparse
 import http.client
 import sys
 
-from raftkvd.config import ConfigError, load_settings
+from raftkvd.settings import SettingsError, load_settings
 
 TIMEOUT_S = 3.0
 EXIT_HEALTHY = 0
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config, node_id=args.node_id)
-    except ConfigError as exc:
+    except SettingsError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNHEALTHY
     healthy, line = check(settings.node.http, args.timeout)

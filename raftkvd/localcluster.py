@@ -13,8 +13,8 @@ from pathlib import Path
 
 import zmq
 
-from .config import ClusterSettings, NodeSettings
-from .peerstatus import fetch_statuses
+from .net.peerstatus import fetch_statuses
+from .settings import ClusterSettings, NodeSettings
 
 PID_FILE = "raftkvd.pid"
 LOG_FILE = "raftkvd.log"

@@ -1,5 +1,5 @@
 """The REST server's way into the cluster: an asyncio client of the node's ZeroMQ client
-protocol (raftkvd.protocol) that multiplexes every in-flight request over one DEALER per
+protocol (raftkv.protocol) that multiplexes every in-flight request over one DEALER per
 target node.
 
 Unlike raftctl.Client (one request at a time, one thread each), many HTTP handlers share
@@ -29,9 +29,9 @@ from typing import Any
 
 import zmq
 
+from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.protocol import Code
 from raftkvd.errors import Unavailable
-from raftkvd.protocol import Code
-from raftkvd.wire import WireError, decode_client, encode_client
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class _Link:
     def _deliver(self, frame: bytes) -> None:
         try:
             reply = decode_client(frame)
-        except WireError:
+        except FrameError:
             return
         req_id = reply.get("id")
         future = self.pending.pop(req_id, None) if type(req_id) is int else None

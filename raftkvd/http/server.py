@@ -34,11 +34,11 @@ import uvloop
 import zmq
 from aiohttp import web
 
-from raftkvd import protocol
+from raftkv import protocol
+from raftkv.protocol import Code
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from raftkvd.metrics import HttpMetrics, Snapshot
-from raftkvd.protocol import Code
 
 from .forward import ForwardClient
 from .webview import WebView

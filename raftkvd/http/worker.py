@@ -20,8 +20,8 @@ import signal
 import sys
 import threading
 
-from raftkvd.config import LOG_FORMAT
 from raftkvd.metrics import HttpMetrics
+from raftkvd.settings import LOG_FORMAT
 
 from .server import HttpError, HttpServer
 

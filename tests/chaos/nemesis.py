@@ -46,7 +46,7 @@ from linearizability import OpKind
 from workload import KeySpace
 
 from raftctl import Client
-from raftkvd.wire import WireError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_client, encode_client
 
 KIND_CATEGORIES: dict[str, tuple[str, ...]] = {
     "kill-leader": ("kill",),
@@ -453,7 +453,7 @@ class _Reader:
                 break
             try:
                 reply = decode_client(self.socket.recv())
-            except WireError:
+            except FrameError:
                 continue
             handle = self.pending.pop(reply.get("id"), None)  # type: ignore[arg-type]
             if handle is None:

@@ -22,8 +22,8 @@ from raftctl import (
     UsageError,
 )
 from raftctl.client import normalize_endpoint
-from raftkvd.protocol import Code
-from raftkvd.wire import decode_client, encode_client
+from raftkv.frames import decode_client, encode_client
+from raftkv.protocol import Code
 
 Request = dict[str, Any]
 Handler = Callable[[Request], Any]

@@ -16,9 +16,9 @@ import pytest
 import zmq
 from helpers import free_port
 
+from raftkv.frames import decode_client, encode_client
 from raftkvd.http import forward, server
 from raftkvd.http.forward import ForwardClient, NoLeader, Overloaded
-from raftkvd.wire import decode_client, encode_client
 
 pytestmark = pytest.mark.timeout(60)
 

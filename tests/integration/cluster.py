@@ -23,7 +23,7 @@ import zmq
 from helpers import free_port
 
 from raftctl import Client
-from raftkvd.wire import WireError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_client, encode_client
 
 HOST = "127.0.0.1"
 ELECTION_TIMEOUT_MS = (150, 300)
@@ -113,7 +113,7 @@ def raw_request(
                 return None
             try:
                 reply = decode_client(sock.recv_multipart()[-1])
-            except WireError:
+            except FrameError:
                 continue
             if reply.get("id") == req_id:
                 return reply

@@ -16,7 +16,7 @@ import pytest
 import zmq
 from cluster import ProcCluster, wait_for
 
-from raftkvd.wire import encode_client
+from raftkv.frames import encode_client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cluster import ProcCluster, clean_env, wait_for
 
-from raftkvd.config import load_cluster
+from raftkvd.settings import load_cluster
 
 RUN_TIMEOUT_S = 60.0
 BASE_IMAGE = "python:3.11-slim"

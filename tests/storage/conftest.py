@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from raftkvd.lmdbenv import DEFAULT_MAP_SIZE, LmdbEnv
+from raftkvd.storage.lmdbenv import DEFAULT_MAP_SIZE, LmdbEnv
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from raftkvd.lmdbenv import KV, LmdbEnv
+from raftkvd.storage.lmdbenv import KV, LmdbEnv
 
 
 class CountingEnv:

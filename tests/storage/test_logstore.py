@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftkvd.lmdbenv import LmdbEnv
+from raftkvd.kv.statemachine import KVStateMachine
 from raftkvd.raft.messages import (
     ConfState,
     Entry,
@@ -19,8 +19,8 @@ from raftkvd.raft.messages import (
     SnapshotMeta,
 )
 from raftkvd.raft.storage import CompactedError, MemoryStorage, UnavailableError
-from raftkvd.statemachine import KVStateMachine
-from raftkvd.storage import LogStore
+from raftkvd.storage.lmdbenv import LmdbEnv
+from raftkvd.storage.logstore import LogStore
 
 CONF = ConfState(frozenset({1, 2, 3}))
 

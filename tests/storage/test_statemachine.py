@@ -9,9 +9,9 @@ import msgpack
 import pytest
 
 from raftkvd.errors import InvalidRequest, NoSpaceError, StorageCorruptError
-from raftkvd.lmdbenv import LmdbEnv
+from raftkvd.kv.statemachine import KVStateMachine
 from raftkvd.raft.messages import ConfChange, ConfChangeType, ConfState, Entry, EntryType
-from raftkvd.statemachine import KVStateMachine
+from raftkvd.storage.lmdbenv import LmdbEnv
 
 SMALL_MAP = 64 << 10
 

@@ -1,4 +1,4 @@
-"""Shape checks of membership requests on the client endpoint (raftkvd.api.validate): a bad
+"""Shape checks of membership requests on the client endpoint (raftkvd.net.clientendpoint.validate): a bad
 request is refused before it reaches the core, with a message naming the field."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from raftkvd.api import RequestError, validate
-from raftkvd.protocol import Code, Op
+from raftkv.protocol import Code, Op
+from raftkvd.net.clientendpoint import RequestError, validate
 
 GOOD_ADD = {"op": "member_add", "node_id": 4, "raft": "tcp://10.0.0.4:50051",
             "client": "tcp://node4.example:50061", "http": "[::1]:8080"}

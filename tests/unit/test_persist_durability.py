@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from raftkvd.node import needs_durability
 from raftkvd.raft.messages import Entry, HardState, Ready, Snapshot, SnapshotMeta
+from raftkvd.server.node import needs_durability
 
 DURABLE = (3, 2)  # term 3, voted for node 2: what the node last flushed
 

@@ -1,4 +1,4 @@
-"""raftkvd.transport over real ZeroMQ sockets on 127.0.0.1: delivery, bad frames, dead peers."""
+"""raftkvd.net.transport over real ZeroMQ sockets on 127.0.0.1: delivery, bad frames, dead peers."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import zmq
 from helpers import free_port
 
-from raftkvd import transport as transport_module
+from raftkvd.net import transport as transport_module
+from raftkvd.net.peerwire import MAX_FRAME_BYTES, WIRE_VERSION, encode_message
+from raftkvd.net.transport import Transport
 from raftkvd.raft.messages import Entry, Message, MessageType
-from raftkvd.transport import Transport
-from raftkvd.wire import MAX_FRAME_BYTES, WIRE_VERSION, encode_message
 
 DEADLINE_S = 10.0
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -260,7 +260,7 @@ def test_bad_frame_logging_is_rate_limited(
     now = [1000.0]
     b = make_transport(2, {1: "tcp://127.0.0.1:1"}, clock=lambda: now[0])
     junk = raw_dealer(ctx, b"1", b.endpoint)
-    caplog.set_level(logging.WARNING, logger="raftkvd.transport")
+    caplog.set_level(logging.WARNING, logger="raftkvd.net.transport")
 
     def flood(n: int) -> None:
         for _ in range(n):

@@ -1,4 +1,4 @@
-"""raftkvd.wire: every message round-trips; every malformed frame raises WireError, nothing else."""
+"""raftkvd.net.peerwire: every message round-trips; every malformed frame raises FrameError, nothing else."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgpack_strategies import msgpack_scalars, msgpack_values
 
-from raftkvd import protocol
+from raftkv.frames import FrameError
+from raftkvd.net.peerwire import (
+    MAX_FRAME_BYTES,
+    WIRE_VERSION,
+    decode_message,
+    encode_message,
+)
 from raftkvd.raft.messages import (
     ConfState,
     Entry,
@@ -17,15 +24,6 @@ from raftkvd.raft.messages import (
     Message,
     MessageType,
     SnapshotMeta,
-)
-from raftkvd.wire import (
-    MAX_FRAME_BYTES,
-    WIRE_VERSION,
-    WireError,
-    decode_client,
-    decode_message,
-    encode_client,
-    encode_message,
 )
 
 UINT64_MAX = 2**64 - 1
@@ -115,10 +113,10 @@ def with_field(name: str, value: Any, msg: Message | None = None) -> bytes:
 
 
 def decodes_or_rejects(data: Any) -> None:
-    """The decoder's whole contract: a Message or a WireError, never another exception."""
+    """The decoder's whole contract: a Message or a FrameError, never another exception."""
     try:
         assert isinstance(decode_message(data), Message)
-    except WireError:
+    except FrameError:
         pass
 
 
@@ -153,7 +151,7 @@ def test_heartbeat_encoding_is_compact() -> None:
 
 def test_frame_at_the_size_limit_is_not_rejected_for_size() -> None:
     data = b"\x00" * MAX_FRAME_BYTES
-    with pytest.raises(WireError, match="not a non-empty array|not msgpack"):
+    with pytest.raises(FrameError, match="not a non-empty array|not msgpack"):
         decode_message(data)
 
 
@@ -175,35 +173,35 @@ def test_frame_at_the_size_limit_is_not_rejected_for_size() -> None:
     ids=["empty", "reserved", "truncated", "trailing", "bad-utf8", "list-key", "huge-array", "deep"],
 )
 def test_bytes_that_are_not_msgpack_raise_wire_error(data: bytes) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(data)
 
 
 @pytest.mark.parametrize("data", ["text", None, 42, ["list"]])
 def test_non_bytes_input_raises_wire_error(data: Any) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(data)
 
 
 def test_frame_over_the_size_limit_is_rejected_before_parsing() -> None:
-    with pytest.raises(WireError, match="exceeds"):
+    with pytest.raises(FrameError, match="exceeds"):
         decode_message(b"\x00" * (MAX_FRAME_BYTES + 1))
 
 
 @pytest.mark.parametrize("obj", [{}, {"type": 1}, 7, "message", None, [], (), b"\x01"])
 def test_frame_that_is_not_a_message_array_raises_wire_error(obj: Any) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(msgpack.packb(obj))
 
 
 @pytest.mark.parametrize("version", [0, 2, WIRE_VERSION + 100, "1", True, None, 1.0, -1])
 def test_unknown_wire_version_raises_wire_error(version: Any) -> None:
-    with pytest.raises(WireError, match="version"):
+    with pytest.raises(FrameError, match="version"):
         decode_message(with_field("version", version))
 
 
 def test_newer_version_is_reported_as_version_even_with_other_layout() -> None:
-    with pytest.raises(WireError, match="version 2"):
+    with pytest.raises(FrameError, match="version 2"):
         decode_message(msgpack.packb([2, "a", "different", "layout"]))
 
 
@@ -211,13 +209,13 @@ def test_newer_version_is_reported_as_version_even_with_other_layout() -> None:
 def test_wrong_field_count_raises_wire_error(extra: int) -> None:
     fields = wire_fields(sample_message())
     fields = fields[:extra] if extra < 0 else [*fields, 0]
-    with pytest.raises(WireError, match="fields"):
+    with pytest.raises(FrameError, match="fields"):
         decode_message(msgpack.packb(fields))
 
 
 @pytest.mark.parametrize("mtype", [0, 16, 255, -1, "append", True, 1.0, None])
 def test_unknown_message_type_raises_wire_error(mtype: Any) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(with_field("type", mtype))
 
 
@@ -226,27 +224,27 @@ def test_unknown_message_type_raises_wire_error(mtype: Any) -> None:
 )
 @pytest.mark.parametrize("value", [-1, -(2**63), 1.5, "3", True, None, b"\x01", [1]])
 def test_number_field_of_wrong_type_or_sign_raises_wire_error_naming_it(name: str, value: Any) -> None:
-    with pytest.raises(WireError, match=name):
+    with pytest.raises(FrameError, match=name):
         decode_message(with_field(name, value))
 
 
 @pytest.mark.parametrize("name", ["to", "frm"])
 def test_message_without_sender_or_receiver_raises_wire_error(name: str) -> None:
-    with pytest.raises(WireError, match="sender"):
+    with pytest.raises(FrameError, match="sender"):
         decode_message(with_field(name, 0))
 
 
 @pytest.mark.parametrize("name", ["reject", "done"])
 @pytest.mark.parametrize("value", [0, 1, "true", None])
 def test_flag_that_is_not_a_boolean_raises_wire_error(name: str, value: Any) -> None:
-    with pytest.raises(WireError, match="boolean"):
+    with pytest.raises(FrameError, match="boolean"):
         decode_message(with_field(name, value))
 
 
 @pytest.mark.parametrize("name", ["context", "snapshot_data"])
 @pytest.mark.parametrize("value", ["text", None, 0, [1]])
 def test_binary_field_of_wrong_type_raises_wire_error(name: str, value: Any) -> None:
-    with pytest.raises(WireError, match="binary"):
+    with pytest.raises(FrameError, match="binary"):
         decode_message(with_field(name, value))
 
 
@@ -269,7 +267,7 @@ def test_binary_field_of_wrong_type_raises_wire_error(name: str, value: Any) -> 
     ],
 )
 def test_entries_of_wrong_shape_raise_wire_error(raw_entries: Any) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(with_field("entries", raw_entries))
 
 
@@ -285,7 +283,7 @@ def test_entries_of_wrong_shape_raise_wire_error(raw_entries: Any) -> None:
     ],
 )
 def test_append_entries_that_break_log_matching_raise_wire_error(raw_entries: Any) -> None:
-    with pytest.raises(WireError, match="append entry"):
+    with pytest.raises(FrameError, match="append entry"):
         decode_message(with_field("entries", raw_entries))
 
 
@@ -297,7 +295,7 @@ def test_non_append_messages_may_carry_unnumbered_entries() -> None:
 
 def test_snapshot_message_without_meta_raises_wire_error() -> None:
     msg = Message(MessageType.SNAPSHOT, to=2, frm=1)
-    with pytest.raises(WireError, match="snapshot"):
+    with pytest.raises(FrameError, match="snapshot"):
         decode_message(encode_message(msg))
 
 
@@ -320,7 +318,7 @@ def test_snapshot_message_without_meta_raises_wire_error() -> None:
 )
 def test_snapshot_meta_of_wrong_shape_raises_wire_error(raw_meta: Any) -> None:
     msg = Message(MessageType.SNAPSHOT, to=2, frm=1, snapshot_meta=SnapshotMeta(1, 1))
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(with_field("snapshot_meta", raw_meta, msg))
 
 
@@ -333,31 +331,16 @@ def test_snapshot_meta_of_wrong_shape_raises_wire_error(raw_meta: Any) -> None:
     ids=["ext", "timestamp"],
 )
 def test_msgpack_extension_types_raise_wire_error(data: bytes) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(data)
     fields = wire_fields(sample_message())
     fields[field_at("context")] = msgpack.unpackb(data)
-    with pytest.raises(WireError):
+    with pytest.raises(FrameError):
         decode_message(msgpack.packb(fields))
 
 
 # --- fuzzing ---------------------------------------------------------------------------
 
-msgpack_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=UINT64_MAX)
-    | st.floats()
-    | st.text(max_size=8)
-    | st.binary(max_size=8)
-)
-msgpack_values = st.recursive(
-    msgpack_scalars,
-    lambda children: (
-        st.lists(children, max_size=18) | st.dictionaries(st.text(max_size=4), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 field_values = msgpack_scalars | st.lists(msgpack_scalars | st.lists(msgpack_scalars, max_size=4), max_size=4)
 
 
@@ -397,58 +380,3 @@ def test_one_wrong_field_in_a_valid_frame_decodes_or_raises_wire_error(
     fields = wire_fields(msg)
     fields[data.draw(st.integers(0, len(fields) - 1))] = data.draw(msgpack_values)
     decodes_or_rejects(msgpack.packb(fields))
-
-
-# --- client protocol -------------------------------------------------------------------
-
-
-def test_client_map_round_trips_with_protocol_version() -> None:
-    request = {"id": 7, "op": "put", "session": "s", "seq": 1, "key": "k", "value": "ü"}
-    decoded = decode_client(encode_client(request))
-    assert decoded == {**request, "v": protocol.VERSION}
-
-
-def test_encode_client_stamps_the_current_version() -> None:
-    assert decode_client(encode_client({"v": 99, "id": 1}))["v"] == protocol.VERSION
-
-
-@pytest.mark.parametrize("obj", [[1, 2], "put", 3, None, b"map"])
-def test_client_frame_that_is_not_a_map_raises_wire_error(obj: Any) -> None:
-    with pytest.raises(WireError, match="map"):
-        decode_client(msgpack.packb(obj))
-
-
-@pytest.mark.parametrize("version", [None, 0, 2, "1", True, 1.0])
-def test_client_frame_with_wrong_version_raises_wire_error(version: Any) -> None:
-    obj = {"id": 1, "op": "get"}
-    if version is not None:
-        obj["v"] = version
-    with pytest.raises(WireError, match="version"):
-        decode_client(msgpack.packb(obj))
-
-
-@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x81\xa1v", b"\x81\xa1\xff\x01"])
-def test_client_bytes_that_are_not_msgpack_raise_wire_error(data: bytes) -> None:
-    with pytest.raises(WireError):
-        decode_client(data)
-
-
-def test_oversized_client_frame_raises_wire_error() -> None:
-    with pytest.raises(WireError, match="exceeds"):
-        decode_client(b"\x00" * (MAX_FRAME_BYTES + 1))
-
-
-@given(msgpack_values)
-@settings(max_examples=300)
-def test_random_client_frames_decode_to_a_map_or_raise_wire_error(obj: Any) -> None:
-    try:
-        decoded = decode_client(msgpack.packb(obj))
-    except WireError:
-        return
-    assert isinstance(decoded, dict)
-    assert decoded["v"] == protocol.VERSION
-
-
-def test_wire_error_is_a_value_error_so_callers_may_catch_either() -> None:
-    with pytest.raises(ValueError):
-        decode_message(b"\xc1")

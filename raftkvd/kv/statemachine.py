@@ -16,10 +16,10 @@ from typing import Any
 import lmdb
 import msgpack
 
-from .errors import InvalidRequest, StorageCorruptError
-from .lmdbenv import KV, MEMBERS, SESSION_LRU, SESSIONS, SM_META, Batch, LmdbEnv
-from .protocol import MAX_KEY_BYTES, Code, Op
-from .raft.messages import (
+from raftkv.protocol import MAX_KEY_BYTES, Code, Op
+
+from ..errors import InvalidRequest, StorageCorruptError
+from ..raft.messages import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -29,6 +29,7 @@ from .raft.messages import (
     SnapshotMeta,
     apply_conf_change,
 )
+from ..storage.lmdbenv import KV, MEMBERS, SESSION_LRU, SESSIONS, SM_META, Batch, LmdbEnv
 
 MAX_SESSIONS = 10_000
 DUMP_VERSION = 1

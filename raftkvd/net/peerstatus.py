@@ -12,7 +12,7 @@ from typing import Any
 
 import zmq
 
-from .wire import WireError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_client, encode_client
 
 _ids = itertools.count(1)
 
@@ -42,7 +42,7 @@ def fetch_statuses(
                 node_id, req_id = sockets[sock]
                 try:
                     reply = decode_client(sock.recv(zmq.NOBLOCK))
-                except (WireError, zmq.Again):
+                except (FrameError, zmq.Again):
                     continue
                 if reply.get("id") == req_id and isinstance(reply.get("status"), dict):
                     found[node_id] = {**reply["status"], "reachable": True}

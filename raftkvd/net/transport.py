@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import zmq
 
+from raftkvd.net.peerwire import MAX_FRAME_BYTES, FrameError, decode_message, encode_message
 from raftkvd.raft.messages import Message
-from raftkvd.wire import MAX_FRAME_BYTES, WireError, decode_message, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Transport:
         identity, payload = frames
         try:
             msg = decode_message(payload)
-        except WireError as exc:
+        except FrameError as exc:
             self._reject_malformed(str(exc))
             return None
         stats = self._stats.get(msg.frm)

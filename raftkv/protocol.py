@@ -1,7 +1,7 @@
 """The client protocol spoken on each node's `client` endpoint (ZeroMQ ROUTER).
 
 A client DEALER sends one msgpack map per request; the node answers with one map.
-Shared by the daemon (raftkvd.api) and the client library (raftctl.client) so the
+Shared by the daemon (raftkvd.net.clientendpoint) and the client library (raftctl.client) so the
 two can never disagree about names.
 
 Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields}

@@ -1,4 +1,4 @@
-"""raftkvd.config: the cluster file, RAFTKVD_* variables and flags, and one-line errors naming the field."""
+"""raftkvd.settings: the cluster file, RAFTKVD_* variables and flags, and one-line errors naming the field."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from raftkvd.config import (
+from raftkvd.settings import (
     MIB,
     ClusterSettings,
-    ConfigError,
+    SettingsError,
     load_cluster,
     load_settings,
 )
@@ -77,8 +77,8 @@ def write(tmp_path: Path):
     return write_doc
 
 
-def config_error(path: Path, **kwargs: Any) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
+def config_error(path: Path, **kwargs: Any) -> SettingsError:
+    with pytest.raises(SettingsError) as info:
         load_settings(path, **{"node_id": 1, "env": NO_ENV, **kwargs})
     assert "\n" not in str(info.value)
     assert str(info.value).startswith(f"config error: {info.value.field}: ")
@@ -260,7 +260,7 @@ def test_node_id_is_required(write) -> None:
 
 
 def test_config_path_is_required() -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SettingsError) as info:
         load_settings(None, node_id=1, env=NO_ENV)
     assert info.value.field == "--config"
 

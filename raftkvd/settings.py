@@ -66,7 +66,7 @@ _SIZE = re.compile(r"\s*([0-9]+)\s*(?:([KMGT])(?:I?B)?)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {None: MIB, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
 
 
-class ConfigError(RaftKVError, ValueError):
+class SettingsError(RaftKVError, ValueError):
     """Invalid configuration; `str()` is the single line shown to the user."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -150,7 +150,7 @@ def _join(env: Mapping[str, str]) -> bool:
         return False
     if value in ("1", "true", "yes"):
         return True
-    raise ConfigError(ENV_JOIN, f"expected 1 or 0, got {value!r}")
+    raise SettingsError(ENV_JOIN, f"expected 1 or 0, got {value!r}")
 
 
 def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -159,20 +159,20 @@ def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) ->
         return Path(os.path.abspath(path))
     if env.get(ENV_CONFIG):
         return Path(os.path.abspath(env[ENV_CONFIG]))
-    raise ConfigError("--config", f"no cluster file given (use --config FILE or {ENV_CONFIG})")
+    raise SettingsError("--config", f"no cluster file given (use --config FILE or {ENV_CONFIG})")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+        raise SettingsError(str(path), f"cannot read: {exc.strerror or exc}") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(str(path), "not valid TOML: the file is not UTF-8") from None
+        raise SettingsError(str(path), "not valid TOML: the file is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+        raise SettingsError(str(path), f"not valid TOML: {exc}") from None
 
 
 def _select_node(
@@ -183,16 +183,16 @@ def _select_node(
         field = ENV_ID
         raw = env.get(ENV_ID)
         if not raw:
-            raise ConfigError("--id", f"no node id given (use --id N or {ENV_ID})")
+            raise SettingsError("--id", f"no node id given (use --id N or {ENV_ID})")
         try:
             node_id = int(raw)
         except ValueError:
-            raise ConfigError(ENV_ID, f"expected an integer node id, got {raw!r}") from None
+            raise SettingsError(ENV_ID, f"expected an integer node id, got {raw!r}") from None
     try:
         return cluster.node(node_id)
     except KeyError:
         ids = ", ".join(str(n.id) for n in cluster.nodes)
-        raise ConfigError(field, f"node {node_id} is not in {path} (ids: {ids})") from None
+        raise SettingsError(field, f"node {node_id} is not in {path} (ids: {ids})") from None
 
 
 def _log_level(flag: str | None, env: Mapping[str, str]) -> str:
@@ -200,7 +200,7 @@ def _log_level(flag: str | None, env: Mapping[str, str]) -> str:
     if not level:
         return DEFAULT_LOG_LEVEL
     if level.upper() not in LOG_LEVELS:
-        raise ConfigError(field, f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+        raise SettingsError(field, f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level.upper()
 
 
@@ -208,11 +208,11 @@ def _parse_map_size(raw: str) -> int:
     """RAFTKVD_MAP_SIZE: MiB by default, or with a unit (512M, 2G, 1GiB)."""
     match = _SIZE.fullmatch(raw)
     if match is None:
-        raise ConfigError(ENV_MAP_SIZE, f"expected a size like 1024 (MiB), 512M or 2G, got {raw!r}")
+        raise SettingsError(ENV_MAP_SIZE, f"expected a size like 1024 (MiB), 512M or 2G, got {raw!r}")
     unit = match.group(2).upper() if match.group(2) else None
     size_bytes = int(match.group(1)) * _SIZE_UNITS[unit]
     if not MIB <= size_bytes <= MAX_MAP_SIZE_MB * MIB:
-        raise ConfigError(ENV_MAP_SIZE, f"must be between 1 MiB and 1 TiB, got {raw!r}")
+        raise SettingsError(ENV_MAP_SIZE, f"must be between 1 MiB and 1 TiB, got {raw!r}")
     return size_bytes
 
 
@@ -220,24 +220,24 @@ def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
     _reject_unknown(doc, TOP_LEVEL_KEYS, "")
     section = doc.get("cluster", {})
     if not isinstance(section, dict):
-        raise ConfigError("cluster", "expected a [cluster] table")
+        raise SettingsError("cluster", "expected a [cluster] table")
     _reject_unknown(section, CLUSTER_KEYS, "cluster.")
     election = _election_timeout(section.get("election_timeout_ms", DEFAULT_ELECTION_TIMEOUT_MS))
     heartbeat = _positive_int(section, "heartbeat_interval_ms", DEFAULT_HEARTBEAT_INTERVAL_MS, "cluster.")
     if heartbeat >= election[0]:
-        raise ConfigError(
+        raise SettingsError(
             "cluster.heartbeat_interval_ms",
             f"must be below the election timeout's low end ({election[0]}), got {heartbeat}",
         )
     max_value = _positive_int(section, "max_value_bytes", DEFAULT_MAX_VALUE_BYTES, "cluster.")
     if max_value > MAX_VALUE_BYTES_LIMIT:
-        raise ConfigError(
+        raise SettingsError(
             "cluster.max_value_bytes",
             f"must be at most {MAX_VALUE_BYTES_LIMIT} (64 MiB), got {max_value}",
         )
     map_size_mb = _positive_int(section, "map_size_mb", DEFAULT_MAP_SIZE_MB, "cluster.")
     if map_size_mb > MAX_MAP_SIZE_MB:
-        raise ConfigError(
+        raise SettingsError(
             "cluster.map_size_mb", f"must be at most {MAX_MAP_SIZE_MB} (1 TiB), got {map_size_mb}"
         )
     return ClusterSettings(
@@ -257,7 +257,7 @@ def _reject_unknown(table: dict[str, Any], known: frozenset[str], prefix: str) -
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
-            raise ConfigError(f"{prefix}{key}", f"unknown key{hint}")
+            raise SettingsError(f"{prefix}{key}", f"unknown key{hint}")
 
 
 def _is_int(value: Any) -> bool:
@@ -268,7 +268,7 @@ def _is_int(value: Any) -> bool:
 def _positive_int(table: dict[str, Any], key: str, default: int, prefix: str) -> int:
     value = table.get(key, default)
     if not _is_int(value) or value <= 0:
-        raise ConfigError(f"{prefix}{key}", f"expected a positive integer, got {value!r}")
+        raise SettingsError(f"{prefix}{key}", f"expected a positive integer, got {value!r}")
     return value
 
 
@@ -279,7 +279,7 @@ def _election_timeout(value: Any) -> tuple[int, int]:
         or not all(_is_int(v) and v > 0 for v in value)
         or value[0] > value[1]
     ):
-        raise ConfigError(
+        raise SettingsError(
             "cluster.election_timeout_ms",
             f"expected [low, high] positive milliseconds with low <= high, got {value!r}",
         )
@@ -288,9 +288,9 @@ def _election_timeout(value: Any) -> tuple[int, int]:
 
 def _parse_nodes(raw: Any) -> tuple[NodeSettings, ...]:
     if raw is None or raw == []:
-        raise ConfigError("node", "at least one [[node]] table is required")
+        raise SettingsError("node", "at least one [[node]] table is required")
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        raise ConfigError("node", "expected [[node]] tables")
+        raise SettingsError("node", "expected [[node]] tables")
     nodes: list[NodeSettings] = []
     for position, table in enumerate(raw, start=1):
         nodes.append(_parse_node(table, position))
@@ -301,12 +301,12 @@ def _parse_nodes(raw: Any) -> tuple[NodeSettings, ...]:
 def _parse_node(table: dict[str, Any], position: int) -> NodeSettings:
     node_id = table.get("id")
     if not _is_int(node_id) or not 0 < node_id <= MAX_NODE_ID:
-        raise ConfigError(f"node #{position}.id", f"expected a positive integer, got {node_id!r}")
+        raise SettingsError(f"node #{position}.id", f"expected a positive integer, got {node_id!r}")
     label = f"node[{node_id}]"
     _reject_unknown(table, NODE_KEYS, f"{label}.")
     data_dir = table.get("data_dir", f"data/node{node_id}")
     if not isinstance(data_dir, str):
-        raise ConfigError(f"{label}.data_dir", f"expected a path string, got {data_dir!r}")
+        raise SettingsError(f"{label}.data_dir", f"expected a path string, got {data_dir!r}")
     return NodeSettings(
         id=node_id,
         raft=_endpoint(table, "raft", label, _TCP_ENDPOINT, "tcp://HOST:PORT"),
@@ -319,19 +319,19 @@ def _parse_node(table: dict[str, Any], position: int) -> NodeSettings:
 def _endpoint(table: dict[str, Any], key: str, label: str, pattern: re.Pattern[str], shape: str) -> str:
     field = f"{label}.{key}"
     if key not in table:
-        raise ConfigError(field, f"missing (expected an endpoint like {shape})")
+        raise SettingsError(field, f"missing (expected an endpoint like {shape})")
     value = table[key]
     match = pattern.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise ConfigError(field, f"expected an endpoint like {shape}, got {value!r}")
+        raise SettingsError(field, f"expected an endpoint like {shape}, got {value!r}")
     if not 1 <= int(match.group("port")) <= 65535:
-        raise ConfigError(field, f"port must be between 1 and 65535, got {match.group('port')}")
+        raise SettingsError(field, f"port must be between 1 and 65535, got {match.group('port')}")
     return value
 
 
 def _resolve_dir(value: str, field: str) -> Path:
     if not value.strip():
-        raise ConfigError(field, "expected a directory path, got an empty string")
+        raise SettingsError(field, "expected a directory path, got an empty string")
     return Path(os.path.abspath(os.path.expanduser(value)))
 
 
@@ -349,20 +349,20 @@ def _check_unique(nodes: list[NodeSettings]) -> None:
     for node in nodes:
         label = f"node[{node.id}]"
         if node.id in ids:
-            raise ConfigError(f"{label}.id", f"duplicate node id {node.id}")
+            raise SettingsError(f"{label}.id", f"duplicate node id {node.id}")
         ids.add(node.id)
         for key in ("raft", "client", "http"):
             address = _host_port(getattr(node, key))
             owner = addresses.setdefault(address, f"{label}.{key}")
             if owner != f"{label}.{key}":
-                raise ConfigError(
+                raise SettingsError(
                     f"{label}.{key}",
                     f"address {address[0]}:{address[1]} is already used by {owner}",
                 )
         host_dir = (_host_port(node.raft)[0], node.data_dir)
         owner = dirs.setdefault(host_dir, label)
         if owner != label:
-            raise ConfigError(
+            raise SettingsError(
                 f"{label}.data_dir",
                 f"{node.data_dir} is already used by {owner} on host {host_dir[0]}",
             )

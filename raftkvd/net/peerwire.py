@@ -1,9 +1,9 @@
-"""msgpack encoding of everything that crosses a socket (SPEC §7: versioned, malformed = dropped).
+"""msgpack encoding of the Raft messages between nodes (SPEC §7: versioned, malformed = dropped).
 
 A Raft message is one msgpack array in a fixed field order, version first, so a
 heartbeat costs a few dozen bytes and decoding is a single unpack plus cheap
 `type(x) is int` checks. Decoding trusts nothing: any input either decodes to a
-well-formed value or raises `WireError`, so a hostile or buggy peer can never
+well-formed value or raises `FrameError`, so a hostile or buggy peer can never
 crash a node (SPEC §6).
 
 Message layout (WIRE_VERSION = 1):
@@ -19,8 +19,7 @@ from typing import Any
 
 import msgpack
 
-from raftkvd import protocol
-from raftkvd.errors import RaftKVError
+from raftkv.frames import FrameError, check_version, unpack
 from raftkvd.raft.messages import (
     ConfState,
     Entry,
@@ -38,10 +37,6 @@ _MESSAGE_FIELDS = 16
 _UINT_FIELDS = ("to", "frm", "term", "log_term", "index", "commit", "reject_hint", "offset")
 _MESSAGE_TYPES = {t.value: t for t in MessageType}
 _ENTRY_TYPES = {t.value: t for t in EntryType}
-
-
-class WireError(RaftKVError, ValueError):
-    """A frame that is not a valid encoding; the receiver counts it and drops it."""
 
 
 def encode_message(msg: Message) -> bytes:
@@ -74,13 +69,13 @@ def _encode_meta(meta: SnapshotMeta) -> list[Any]:
 
 
 def decode_message(data: bytes) -> Message:
-    """Parse one peer frame; raises WireError for anything but a well-formed message."""
-    obj = _unpack(data)
+    """Parse one peer frame; raises FrameError for anything but a well-formed message."""
+    obj = unpack(data, MAX_FRAME_BYTES)
     if type(obj) is not list or not obj:
-        raise WireError("message is not a non-empty array")
-    _check_version(obj[0], WIRE_VERSION)
+        raise FrameError("message is not a non-empty array")
+    check_version(obj[0], WIRE_VERSION)
     if len(obj) != _MESSAGE_FIELDS:
-        raise WireError(f"message has {len(obj)} fields, expected {_MESSAGE_FIELDS}")
+        raise FrameError(f"message has {len(obj)} fields, expected {_MESSAGE_FIELDS}")
     (
         _,
         mtype,
@@ -101,19 +96,19 @@ def decode_message(data: bytes) -> Message:
     ) = obj
     _check_uints((to, frm, term, log_term, index, commit, reject_hint, offset))
     if type(mtype) is not int or mtype not in _MESSAGE_TYPES:
-        raise WireError(f"unknown message type {mtype!r}")
+        raise FrameError(f"unknown message type {mtype!r}")
     if to == 0 or frm == 0:
-        raise WireError("message must name both its sender and its receiver")
+        raise FrameError("message must name both its sender and its receiver")
     if type(reject) is not bool or type(done) is not bool:
-        raise WireError("reject and done must be booleans")
+        raise FrameError("reject and done must be booleans")
     if type(context) is not bytes or type(snapshot_data) is not bytes:
-        raise WireError("context and snapshot_data must be binary")
+        raise FrameError("context and snapshot_data must be binary")
     entries = _decode_entries(raw_entries)
     if mtype == MessageType.APPEND:
         _check_append_entries(entries, index, log_term, term)
     meta = None if raw_meta is None else _decode_meta(raw_meta)
     if meta is None and mtype == MessageType.SNAPSHOT:
-        raise WireError("snapshot message without snapshot metadata")
+        raise FrameError("snapshot message without snapshot metadata")
     return Message(
         type=_MESSAGE_TYPES[mtype],
         to=to,
@@ -133,31 +128,6 @@ def decode_message(data: bytes) -> Message:
     )
 
 
-def _unpack(data: bytes) -> Any:
-    """msgpack.unpackb, with every failure mapped to WireError."""
-    try:
-        size = len(data)
-    except TypeError:
-        raise WireError(f"frame is {type(data).__name__}, not bytes") from None
-    if size > MAX_FRAME_BYTES:
-        raise WireError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME_BYTES}")
-    try:
-        return msgpack.unpackb(data, raw=False, ext_hook=_reject_ext)
-    except WireError:
-        raise
-    except Exception as exc:  # msgpack signals bad input with many exception types
-        raise WireError(f"not msgpack: {exc}") from None
-
-
-def _reject_ext(code: int, data: bytes) -> Any:
-    raise WireError(f"msgpack extension type {code} is not part of the protocol")
-
-
-def _check_version(version: Any, expected: int) -> None:
-    if type(version) is not int or version != expected:
-        raise WireError(f"unsupported wire version {version!r} (this node speaks {expected})")
-
-
 def _check_uints(values: tuple[Any, ...]) -> None:
     """Fast path: one loop; the failing field is named only when there is one."""
     for value in values:
@@ -167,25 +137,25 @@ def _check_uints(values: tuple[Any, ...]) -> None:
         return
     for name, value in zip(_UINT_FIELDS, values, strict=True):
         if type(value) is not int or value < 0:
-            raise WireError(f"{name} must be a non-negative integer, got {value!r}")
+            raise FrameError(f"{name} must be a non-negative integer, got {value!r}")
 
 
 def _decode_entries(raw: Any) -> tuple[Entry, ...]:
     if type(raw) is not list:
-        raise WireError("entries must be an array")
+        raise FrameError("entries must be an array")
     return tuple(_decode_entry(e) for e in raw)
 
 
 def _decode_entry(raw: Any) -> Entry:
     if type(raw) is not list or len(raw) != 4:
-        raise WireError(f"entry must be [index, term, type, data], got {raw!r:.80}")
+        raise FrameError(f"entry must be [index, term, type, data], got {raw!r:.80}")
     index, term, etype, data = raw
     if type(index) is not int or type(term) is not int or index < 0 or term < 0:
-        raise WireError(f"entry index and term must be non-negative integers: {raw!r:.80}")
+        raise FrameError(f"entry index and term must be non-negative integers: {raw!r:.80}")
     if type(etype) is not int or etype not in _ENTRY_TYPES:
-        raise WireError(f"unknown entry type {etype!r}")
+        raise FrameError(f"unknown entry type {etype!r}")
     if type(data) is not bytes:
-        raise WireError("entry data must be binary")
+        raise FrameError("entry data must be binary")
     return Entry(index, term, _ENTRY_TYPES[etype], data)
 
 
@@ -196,40 +166,25 @@ def _check_append_entries(entries: tuple[Entry, ...], prev: int, prev_term: int,
     last_term = prev_term
     for offset, entry in enumerate(entries, start=1):
         if entry.index != prev + offset:
-            raise WireError(f"append entry {entry.index} does not follow index {prev + offset - 1}")
+            raise FrameError(f"append entry {entry.index} does not follow index {prev + offset - 1}")
         if not last_term <= entry.term <= term:
-            raise WireError(f"append entry {entry.index} has out-of-order term {entry.term}")
+            raise FrameError(f"append entry {entry.index} has out-of-order term {entry.term}")
         last_term = entry.term
 
 
 def _decode_meta(raw: Any) -> SnapshotMeta:
     if type(raw) is not list or len(raw) != 4:
-        raise WireError("snapshot meta must be [index, term, voters, learners]")
+        raise FrameError("snapshot meta must be [index, term, voters, learners]")
     index, term, voters, learners = raw
     if type(index) is not int or type(term) is not int or index < 0 or term < 0:
-        raise WireError("snapshot index and term must be non-negative integers")
+        raise FrameError("snapshot index and term must be non-negative integers")
     voter_set, learner_set = _node_ids(voters, "voters"), _node_ids(learners, "learners")
     if voter_set & learner_set:
-        raise WireError("a node cannot be both voter and learner")
+        raise FrameError("a node cannot be both voter and learner")
     return SnapshotMeta(index, term, ConfState(voter_set, learner_set))
 
 
 def _node_ids(raw: Any, name: str) -> frozenset[int]:
     if type(raw) is not list or any(type(i) is not int or i <= 0 for i in raw):
-        raise WireError(f"snapshot {name} must be an array of positive node ids")
+        raise FrameError(f"snapshot {name} must be an array of positive node ids")
     return frozenset(raw)
-
-
-def encode_client(obj: dict[str, Any]) -> bytes:
-    """One client-protocol map (raftkvd.protocol), stamped with the protocol version."""
-    return msgpack.packb({**obj, "v": protocol.VERSION})
-
-
-def decode_client(data: bytes) -> dict[str, Any]:
-    """Parse one client frame: a map of the current protocol version. Field checks
-    belong to the server and the client, which know what each operation needs."""
-    obj = _unpack(data)
-    if type(obj) is not dict:
-        raise WireError("client frame is not a map")
-    _check_version(obj.get("v"), protocol.VERSION)
-    return obj

@@ -16,9 +16,9 @@ from typing import Any
 
 import zmq
 
-from . import protocol
-from .protocol import Code, Op
-from .wire import WireError, decode_client, encode_client
+from raftkv import protocol
+from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.protocol import Code, Op
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class ClientEndpoint:
         identity, payload = frames
         try:
             body = decode_client(payload)
-        except WireError as exc:
+        except FrameError as exc:
             self.malformed_total += 1
             self.reply_error(identity, 0, Code.INVALID, f"malformed request: {exc}")
             return None

@@ -27,18 +27,19 @@ from typing import Any, TypeVar
 import msgpack
 import zmq
 
-from . import protocol, sdnotify
-from .api import ClientEndpoint, Request
-from .config import Settings
-from .errors import InvalidRequest, NoSpaceError
-from .http.process import HttpProcess
-from .lmdbenv import LmdbEnv
-from .metrics import NodeMetrics, Snapshot
-from .peerstatus import fetch_statuses
-from .protocol import Code, Op
-from .raft import ProposalDropped, RaftConfig, RaftNode
-from .raft.log import RaftLogError
-from .raft.messages import (
+from raftkv import protocol
+from raftkv.protocol import Code, Op
+
+from ..errors import InvalidRequest, NoSpaceError
+from ..http.process import HttpProcess
+from ..kv.statemachine import KVStateMachine
+from ..metrics import NodeMetrics, Snapshot
+from ..net.clientendpoint import ClientEndpoint, Request
+from ..net.peerstatus import fetch_statuses
+from ..net.transport import Transport
+from ..raft import ProposalDropped, RaftConfig, RaftNode
+from ..raft.log import RaftLogError
+from ..raft.messages import (
     NONE,
     ConfChange,
     ConfChangeType,
@@ -49,9 +50,10 @@ from .raft.messages import (
     Ready,
     StateRole,
 )
-from .statemachine import KVStateMachine
-from .storage import LogStore
-from .transport import Transport
+from ..settings import Settings
+from ..storage.lmdbenv import LmdbEnv
+from ..storage.logstore import LogStore
+from . import sdnotify
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Protocol
 import lmdb
 import msgpack
 
-from .errors import StorageCorruptError
+from ..errors import StorageCorruptError
+from ..raft.messages import ConfState, Entry, EntryType, HardState, Snapshot
+from ..raft.storage import CompactedError, UnavailableError, limit_size
 from .lmdbenv import LOG, RAFT_META, Batch, LmdbEnv
-from .raft.messages import ConfState, Entry, EntryType, HardState, Snapshot
-from .raft.storage import CompactedError, UnavailableError, limit_size
 
 _INDEX = struct.Struct(">Q")
 _HARD_STATE = b"hard_state"

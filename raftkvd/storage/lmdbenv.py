@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lmdb
 
-from .errors import NoSpaceError, StorageCorruptError, StorageError
+from ..errors import NoSpaceError, StorageCorruptError, StorageError
 
 DEFAULT_MAP_SIZE = 1 << 30
 
