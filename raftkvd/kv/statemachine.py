@@ -30,6 +30,7 @@ from ..raft.messages import (
     apply_conf_change,
 )
 from ..storage.lmdbenv import KV, MEMBERS, SESSION_LRU, SESSIONS, SM_META, Batch, LmdbEnv
+from . import commands
 
 MAX_SESSIONS = 10_000
 DUMP_VERSION = 1
@@ -76,26 +77,6 @@ def _invalid(error: str) -> Result:
     return {"code": Code.INVALID, "error": error}
 
 
-def _key_error(key: Any) -> str | None:
-    if not isinstance(key, str):
-        return "key must be a string"
-    if not 1 <= len(key.encode()) <= MAX_KEY_BYTES:
-        return f"key must be 1 to {MAX_KEY_BYTES} bytes"
-    return None
-
-
-def _command_error(cmd: dict[str, Any]) -> str | None:
-    """Why a command cannot be applied, or None; the leader checks too, this is the backstop."""
-    op = cmd.get("op")
-    if op not in (Op.PUT, Op.DELETE, Op.CAS):
-        return f"unknown op {op!r}"
-    if op != Op.DELETE and not isinstance(cmd.get("value"), str):
-        return "value must be a string"
-    if op == Op.CAS and not isinstance(cmd.get("expected"), str | None):
-        return "expected must be a string or null"
-    return _key_error(cmd.get("key"))
-
-
 def _decode_image(data: bytes) -> dict[str, Any]:
     image = _unpack(data)
     if not isinstance(image, dict) or image.get("v") != DUMP_VERSION:
@@ -126,6 +107,10 @@ class KVStateMachine:
         self._lru = env.db(SESSION_LRU)
         self._members = env.db(MEMBERS)
         self._meta = env.db(SM_META)
+        with env.read() as txn:
+            self._committed = self._load_meta(txn)
+        """The counters as of the last committed transaction: the one owner of the applied
+        index (and revision, key count, membership) that the node reads, at no LMDB cost."""
 
     # --- writes -------------------------------------------------------------------
     def apply(self, entries: list[Entry], batch: Batch | None = None) -> Results:
@@ -136,7 +121,7 @@ class KVStateMachine:
         with self._env.join(batch) as b:
             meta = self._load_meta(b.txn)
             results = [self._apply_entry(b.txn, meta, entry) for entry in entries]
-            self._store_meta(b.txn, meta)
+            self._store_meta(b, meta)
         return results
 
     def bootstrap(self, conf: ConfState, members: dict[int, dict[str, str]]) -> None:
@@ -149,7 +134,7 @@ class KVStateMachine:
             meta.set_conf(conf)
             for node_id, addresses in members.items():
                 b.txn.put(_U64.pack(node_id), msgpack.packb(addresses), db=self._members)
-            self._store_meta(b.txn, meta)
+            self._store_meta(b, meta)
 
     def restore(self, data: bytes, batch: Batch | None = None) -> None:
         """Replace the whole state with a snapshot image from `dump` (thesis §5.1).
@@ -164,12 +149,12 @@ class KVStateMachine:
                 db = self._env.db(name)
                 b.txn.drop(db, delete=False)
                 b.txn.cursor(db=db).putmulti(map(tuple, image[name]))
-            self._store_meta(b.txn, _Meta(**image["meta"]))
+            self._store_meta(b, _Meta(**image["meta"]))
 
     # --- reads ----------------------------------------------------------------------
     def get(self, key: str) -> tuple[str, int] | None:
         """(value, mod_revision), or None if the key does not exist."""
-        error = _key_error(key)
+        error = commands.key_error(key)
         if error:
             raise InvalidRequest(error)
         with self._env.read() as txn:
@@ -196,17 +181,18 @@ class KVStateMachine:
         return out
 
     def applied_index(self) -> int:
-        return self._read_meta().applied
+        """The index of the last applied entry, durable with the state it produced."""
+        return self._committed.applied
 
     def revision(self) -> int:
-        return self._read_meta().revision
+        return self._committed.revision
 
     def key_count(self) -> int:
-        return self._read_meta().keys
+        return self._committed.keys
 
     def conf_state(self) -> ConfState:
         """Membership as of the applied index (what the core needs at restart)."""
-        return self._read_meta().conf()
+        return self._committed.conf()
 
     def members(self) -> dict[int, dict[str, str]]:
         """Addresses of the members that joined through the log or the bootstrap."""
@@ -262,32 +248,30 @@ class KVStateMachine:
 
     def _apply_command(self, txn: lmdb.Transaction, meta: _Meta, entry: Entry) -> Result:
         """Execute a client command at most once per (session, seq) (thesis §6.3)."""
-        cmd = _unpack(entry.data)
-        if not isinstance(cmd, dict):
+        cmd = commands.decode(entry.data)
+        if cmd is None:
             return _invalid("malformed command")
-        session, seq = cmd.get("session"), cmd.get("seq")
-        tracked = isinstance(session, str) and bool(session) and type(seq) is int
-        prior = self._session(txn, session) if tracked else None
-        if prior is not None and seq <= prior[0]:
-            return prior[1] if seq == prior[0] else _invalid("stale request")
-        error = _command_error(cmd)
+        prior = self._session(txn, cmd.session) if cmd.tracked else None
+        if prior is not None and cmd.seq <= prior[0]:
+            return prior[1] if cmd.seq == prior[0] else _invalid("stale request")
+        error = cmd.error()
         result = _invalid(error) if error else self._execute(txn, meta, cmd)
-        if tracked:
-            self._remember(txn, meta, session, [seq, result, entry.index], prior)
+        if cmd.tracked:
+            self._remember(txn, meta, cmd.session, [cmd.seq, result, entry.index], prior)
         return result
 
-    def _execute(self, txn: lmdb.Transaction, meta: _Meta, cmd: dict[str, Any]) -> Result:
-        key = cmd["key"].encode()
+    def _execute(self, txn: lmdb.Transaction, meta: _Meta, cmd: commands.Command) -> Result:
+        key = cmd.key.encode()
         raw = txn.get(key, db=self._kv)
         row = msgpack.unpackb(raw) if raw is not None else None
-        if cmd["op"] == Op.PUT:
-            return self._put(txn, meta, key, cmd["value"], row)
-        if cmd["op"] == Op.DELETE:
+        if cmd.op == Op.PUT:
+            return self._put(txn, meta, key, cmd.value, row)
+        if cmd.op == Op.DELETE:
             return self._delete(txn, meta, key, row)
         current = row[0] if row is not None else None
-        if current != cmd.get("expected"):
+        if current != cmd.expected:
             return {"code": Code.COMPARE_FAILED, "value": current}
-        return self._put(txn, meta, key, cmd["value"], row)
+        return self._put(txn, meta, key, cmd.value, row)
 
     def _put(self, txn: lmdb.Transaction, meta: _Meta, key: bytes, value: str, row: Row | None) -> Result:
         meta.revision += 1
@@ -337,12 +321,10 @@ class KVStateMachine:
         raw = txn.get(_META, db=self._meta)
         return _Meta(**msgpack.unpackb(raw)) if raw is not None else _Meta()
 
-    def _read_meta(self) -> _Meta:
-        with self._env.read() as txn:
-            return self._load_meta(txn)
-
-    def _store_meta(self, txn: lmdb.Transaction, meta: _Meta) -> None:
-        txn.put(_META, msgpack.packb(asdict(meta)), db=self._meta)
+    def _store_meta(self, batch: Batch, meta: _Meta) -> None:
+        """Write the counters; the in-memory copy follows once the transaction is durable."""
+        batch.txn.put(_META, msgpack.packb(asdict(meta)), db=self._meta)
+        batch.on_commit(lambda: setattr(self, "_committed", meta))
 
     def _dump(self, txn: lmdb.Transaction, meta: _Meta) -> bytes:
         image: dict[str, Any] = {"v": DUMP_VERSION, "meta": asdict(meta)}
