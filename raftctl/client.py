@@ -1,22 +1,21 @@
 """raftctl.Client: the Python client library for a raftkv cluster.
 
-Speaks raftkvd's client protocol (raftkv.protocol) over one ZeroMQ DEALER per
-node endpoint. It finds the leader by itself (following "not_leader" redirects,
-trying the next node on silence) and numbers its writes within a random session
-so that a write retried after a lost answer is applied once (thesis §6.3).
-A Client is not thread-safe: use one per thread.
+Speaks the client protocol (raftkv.protocol) over one ZeroMQ DEALER per node endpoint
+(links.py), and finds the node that can answer each request with the client core that every
+raftkv client shares (raftkv.routing): all endpoints at once while the leader is unknown,
+the remembered leader alone afterwards, redirects followed invisibly. It numbers its writes
+within a random session so that a write retried after a lost answer is applied once
+(thesis §6.3). A Client is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from types import TracebackType
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from raftctl.errors import (
     CompareFailed,
@@ -27,7 +26,8 @@ from raftctl.errors import (
     Unavailable,
     UsageError,
 )
-from raftkv.frames import FrameError, decode_client, encode_client
+from raftctl.links import Links
+from raftkv import routing
 from raftkv.protocol import (
     CONSISTENCY_LINEARIZABLE,
     CONSISTENCY_SERIALIZABLE,
@@ -35,36 +35,33 @@ from raftkv.protocol import (
     Code,
     Op,
 )
+from raftkv.routing import TCP_SCHEME, Call, Outcome, Route, Router
 
 DEFAULT_TIMEOUT = 5.0
-CONNECT_TIMEOUT = 0.2
-"""Seconds to wait for a connection before a try counts as failed."""
-PER_TRY_TIMEOUT = 1.0
-MIN_TRIES = 2
-BACKOFF_START = 0.010
-BACKOFF_CAP = 0.200
-TCP_SCHEME = "tcp://"
+NODE_STATUS_TIMEOUT = 1.0
+"""How long `node_statuses` waits for each node's own answer."""
 CONSISTENCIES = (CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE)
-_RETRY_CODES = frozenset({Code.NOT_LEADER, Code.UNAVAILABLE})
+_RETRY_CODES = frozenset({Code.NOT_LEADER, Code.NO_LEADER, Code.UNAVAILABLE})
 _REJECT_CODES = frozenset({Code.INVALID, Code.TOO_LARGE, Code.NO_SPACE})
 
 Reply = dict[str, Any]
 
+__all__ = ["DEFAULT_TIMEOUT", "TCP_SCHEME", "Client", "normalize_endpoint"]
+
 
 def normalize_endpoint(text: str) -> str:
     """Accept "host:port" or "tcp://host:port" and return the ZeroMQ form."""
-    address = text.strip().removeprefix(TCP_SCHEME)
-    host, sep, port = address.rpartition(":")
-    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+    endpoint = routing.normalize_endpoint(text)
+    if endpoint is None:
         raise UsageError(f"bad endpoint {text!r}: expected host:port or tcp://host:port")
-    return TCP_SCHEME + address
+    return endpoint
 
 
 class Client:
     """A connection to a raftkv cluster through any of its nodes' client endpoints.
 
-    `leader` is the endpoint that answered last (the leader, as far as this
-    client knows); `session` names this client's writes for duplicate detection.
+    `leader` is the endpoint of the leader as far as this client knows (None: ask every
+    endpoint); `session` names this client's writes for duplicate detection.
     """
 
     def __init__(
@@ -77,15 +74,14 @@ class Client:
             raise UsageError(f"timeout must be positive, not {timeout}")
         self.endpoints = [normalize_endpoint(e) for e in endpoints]
         self.timeout = float(timeout)
-        # every endpoint gets a turn within the timeout, and a lone endpoint a second try
-        self._per_try = min(PER_TRY_TIMEOUT, self.timeout / max(MIN_TRIES, len(self.endpoints)))
         self.session = session or uuid.uuid4().hex
-        self.leader: str | None = None
         self._seq = 0
-        self._request_id = 0
-        self._cursor = 0
-        self._context = zmq.Context.instance()
-        self._links: dict[str, _Link] = {}
+        self._router = Router(list(self.endpoints))
+        self._links = Links(zmq.Context.instance())
+
+    @property
+    def leader(self) -> str | None:
+        return self._router.leader
 
     # -- key-value operations -------------------------------------------------
 
@@ -99,7 +95,7 @@ class Client:
         """Read `key`; raises KeyNotFound. "serializable" may answer from a stale node."""
         _check_key(key)
         _check_consistency(consistency)
-        return str(self._call(Op.GET, key=key, consistency=consistency)["value"])
+        return str(self._read(Op.GET, consistency, key=key)["value"])
 
     def delete(self, key: str) -> bool:
         """Delete `key` (linearizable); returns False when it did not exist."""
@@ -128,43 +124,63 @@ class Client:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise InvalidRequest(f"limit must be a positive integer, not {limit!r}")
         _check_consistency(consistency)
-        reply = self._call(Op.LIST, prefix=prefix, limit=limit, consistency=consistency)
+        reply = self._read(Op.LIST, consistency, prefix=prefix, limit=limit)
         return [(str(k), str(v)) for k, v in reply["items"]]
 
     # -- cluster operations ---------------------------------------------------
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
-        """One node's view of itself: `endpoint`'s, or the leader's (any node's if none)."""
+        """One node's view of itself: `endpoint`'s, or whichever node answers first."""
         if endpoint is None:
-            return dict(self._call(Op.STATUS)["status"])
+            return dict(self._call(Op.STATUS, Route.ANY)["status"])
         return dict(self._call_node(normalize_endpoint(endpoint), Op.STATUS)["status"])
 
     def cluster(self) -> list[dict[str, Any]]:
-        """Status of every node, as seen by one reachable node (leader preferred).
+        """Status of every member, as the leader (which owns the membership) gathers it.
 
-        Unreachable nodes are listed as {"id", "endpoint", "reachable": False}.
+        Unreachable nodes are listed as {"id", "endpoint", "raft", "http", "reachable": False}.
         """
-        return [dict(node) for node in self._call(Op.CLUSTER)["nodes"]]
+        return [dict(node) for node in self._call(Op.CLUSTER, Route.LEADER)["nodes"]]
+
+    def node_statuses(self, timeout: float = NODE_STATUS_TIMEOUT) -> list[dict[str, Any]]:
+        """Each endpoint's own status, asked all at once (for when there is no leader to ask):
+        {"endpoint", "reachable": False} for those that do not answer within `timeout`."""
+        now = time.monotonic()
+        calls = {}
+        for endpoint in self.endpoints:
+            call = Call(Router([endpoint]), Route.NODE, now, now + timeout, target=endpoint)
+            self._links.begin(self._request(Op.STATUS), call)
+            calls[endpoint] = call
+        while not all(call.done for call in calls.values()):
+            self._links.poll(timeout)
+        found = []
+        for endpoint, call in calls.items():
+            reply = call.reply
+            if reply is not None and reply.get("code") == Code.OK and isinstance(reply.get("status"), dict):
+                found.append({**reply["status"], "reachable": True})
+            else:
+                found.append({"endpoint": endpoint, "reachable": False})
+        return found
 
     def transfer_leader(self, to: int = 0) -> int:
         """Ask the leader to hand leadership to node `to` (0: the most caught-up one).
 
         Returns the id of the leader after the transfer.
         """
-        leader_id = int(self._call(Op.TRANSFER, to=to)["leader_id"])
-        self.leader = None  # the endpoint we knew now belongs to a follower
+        leader_id = int(self._call(Op.TRANSFER, Route.LEADER, idempotent=False, to=to)["leader_id"])
+        self._router.leader = None  # the endpoint we knew may belong to a follower now
         return leader_id
 
     def member_add(self, node_id: int, raft: str, client: str, http: str) -> int:
         """Add node `node_id` as a learner (addresses as in the cluster file); the leader
         makes it a voter once it has caught up. Returns the log index of the change."""
         fields = {"node_id": node_id, "raft": raft, "client": client, "http": http}
-        return int(self._call(Op.MEMBER_ADD, **fields)["index"])
+        return int(self._call(Op.MEMBER_ADD, Route.LEADER, idempotent=False, **fields)["index"])
 
     def member_remove(self, node_id: int) -> int:
         """Remove node `node_id` (the leader too: it steps down once the removal commits).
         Returns the log index of the change."""
-        return int(self._call(Op.MEMBER_REMOVE, node_id=node_id)["index"])
+        return int(self._call(Op.MEMBER_REMOVE, Route.LEADER, idempotent=False, node_id=node_id)["index"])
 
     def snapshot(self, endpoint: str) -> int:
         """Make the node at `endpoint` snapshot and compact its log; returns the index."""
@@ -174,8 +190,7 @@ class Client:
 
     def close(self) -> None:
         """Close every socket at once (LINGER 0: unsent requests are dropped)."""
-        for endpoint in list(self._links):
-            self._drop_socket(endpoint)
+        self._links.close()
 
     def __enter__(self) -> Client:
         return self
@@ -190,128 +205,39 @@ class Client:
 
     # -- requests ---------------------------------------------------------------
 
+    def _request(self, op: Op, **fields: Any) -> Reply:
+        return {"op": op.value, "session": self.session, **fields}
+
     def _write(self, op: Op, **fields: Any) -> Reply:
         """A new write gets the next seq; its retries reuse it so it applies once."""
         self._seq += 1
-        return self._call(op, seq=self._seq, **fields)
+        return self._call(op, Route.LEADER, seq=self._seq, **fields)
 
-    def _call(self, op: Op, **fields: Any) -> Reply:
-        request = {"op": op.value, "session": self.session, **fields}
-        return _check_reply(self._send_to_leader(request), request)
+    def _read(self, op: Op, consistency: str, **fields: Any) -> Reply:
+        route = Route.ANY if consistency == CONSISTENCY_SERIALIZABLE else Route.LEADER
+        return self._call(op, route, consistency=consistency, **fields)
+
+    def _call(self, op: Op, route: Route, idempotent: bool = True, **fields: Any) -> Reply:
+        request = self._request(op, **fields)
+        now = time.monotonic()
+        call = Call(self._router, route, now, now + self.timeout, idempotent=idempotent)
+        self._links.run(request, call)
+        if call.outcome is Outcome.DONE and call.reply is not None:
+            return _check_reply(call.reply, request)
+        raise Unavailable(
+            f"no leader reachable at {', '.join(self.endpoints)} within {self.timeout:g}s"
+            + (f" (last: {call.last_error})" if call.last_error else "")
+        )
 
     def _call_node(self, endpoint: str, op: Op) -> Reply:
         """Ask one given node, without redirects: the question is about that node."""
-        request = {"op": op.value, "session": self.session}
-        reply = self._exchange(endpoint, request, self.timeout)
-        if reply is None:
-            raise Unavailable(f"node {endpoint} did not answer within {self.timeout}s")
-        return _check_reply(reply, request)
-
-    def _send_to_leader(self, request: Reply) -> Reply:
-        """Send until some node gives a real answer, or the timeout runs out.
-
-        A "not_leader" hint is followed at once; silence or "unavailable" moves
-        on to the next endpoint after an exponential backoff, so an election in
-        progress is waited out rather than hammered.
-        """
-        deadline = time.monotonic() + self.timeout
-        backoff = BACKOFF_START
-        target = self.leader or self.endpoints[self._cursor]
-        redirected = False
-        last_error = ""
-        while (remaining := deadline - time.monotonic()) > 0:
-            reply = self._exchange(target, request, min(self._per_try, remaining))
-            if reply is not None and reply.get("code") not in _RETRY_CODES:
-                self.leader = target
-                return reply
-            hint = _leader_hint(reply)
-            last_error = _describe_failure(target, reply)
-            if hint is not None and not redirected:
-                target, redirected = hint, True
-                continue
-            self.leader = None
-            target, redirected = hint or self._next_endpoint(), False
-            time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-            backoff = min(backoff * 2, BACKOFF_CAP)
-        raise Unavailable(
-            f"no leader reachable at {', '.join(self.endpoints)} within {self.timeout}s"
-            + (f" (last: {last_error})" if last_error else "")
-        )
-
-    def _exchange(self, endpoint: str, request: Reply, timeout: float) -> Reply | None:
-        """One try: send with a fresh id, wait for the reply carrying that id.
-
-        On silence the socket is thrown away, so a late reply can never be
-        read as the answer to a later request.
-        """
-        self._request_id += 1
-        request_id = self._request_id
-        link = self._link(endpoint)
-        _disconnected(link.monitor)  # forget drops that happened before this request
-        try:
-            link.socket.send(encode_client({**request, "id": request_id}))
-        except zmq.Again:
-            self._drop_socket(endpoint)
-            return None
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            ready = dict(link.poller.poll(math.ceil(remaining * 1000)))
-            if not ready:
-                break
-            if link.monitor in ready and _disconnected(link.monitor):
-                break  # the node died with our request: fail over now, not at the timeout
-            if link.socket in ready:
-                reply = _decode(link.socket.recv_multipart()[-1])
-                if reply is not None and reply.get("id") == request_id:
-                    return reply
-        self._drop_socket(endpoint)
-        return None
-
-    def _link(self, endpoint: str) -> _Link:
-        link = self._links.get(endpoint)
-        if link is None:
-            socket = self._context.socket(zmq.DEALER)
-            socket.setsockopt(zmq.LINGER, 0)
-            # IMMEDIATE sockets queue only on a live connection: a dead node fails the send
-            # within CONNECT_TIMEOUT instead of swallowing the request for a whole try.
-            socket.setsockopt(zmq.IMMEDIATE, 1)
-            socket.setsockopt(zmq.SNDTIMEO, int(CONNECT_TIMEOUT * 1000))
-            try:
-                socket.connect(endpoint)
-            except zmq.ZMQError as error:
-                socket.close()
-                raise UsageError(f"bad endpoint {endpoint}: {error}") from error
-            link = _Link(socket, socket.get_monitor_socket(zmq.EVENT_DISCONNECTED))
-            self._links[endpoint] = link
-        return link
-
-    def _drop_socket(self, endpoint: str) -> None:
-        link = self._links.pop(endpoint, None)
-        if link is not None:
-            link.close()
-
-    def _next_endpoint(self) -> str:
-        self._cursor = (self._cursor + 1) % len(self.endpoints)
-        return self.endpoints[self._cursor]
-
-
-def _leader_hint(reply: Reply | None) -> str | None:
-    """The leader's client endpoint from a "not_leader" answer, when it knows one."""
-    if reply is None or reply.get("code") != Code.NOT_LEADER:
-        return None
-    leader = reply.get("leader")
-    if not isinstance(leader, str) or not leader:
-        return None
-    try:
-        return normalize_endpoint(leader)
-    except UsageError:
-        return None
-
-
-def _describe_failure(endpoint: str, reply: Reply | None) -> str:
-    if reply is None:
-        return f"{endpoint} did not answer"
-    return f"{endpoint}: {reply.get('error') or reply.get('code')}"
+        request = self._request(op)
+        now = time.monotonic()
+        call = Call(Router([endpoint]), Route.NODE, now, now + self.timeout, target=endpoint)
+        self._links.run(request, call)
+        if call.reply is None:
+            raise Unavailable(f"node {endpoint} did not answer within {self.timeout:g}s")
+        return _check_reply(call.reply, request)
 
 
 def _check_reply(reply: Reply, request: Reply) -> Reply:
@@ -362,38 +288,3 @@ def _utf8(text: str, what: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise InvalidRequest(f"{what} is not valid UTF-8: {error.reason}") from error
-
-
-def _decode(frame: bytes) -> Reply | None:
-    """A reply frame, or None for garbage (dropped like any unmatched frame)."""
-    try:
-        return decode_client(frame)
-    except FrameError:
-        return None
-
-
-class _Link:
-    """One node's DEALER, with a monitor that reports the connection dropping."""
-
-    def __init__(self, socket: zmq.Socket, monitor: zmq.Socket) -> None:
-        self.socket = socket
-        self.monitor = monitor
-        self.poller = zmq.Poller()
-        self.poller.register(socket, zmq.POLLIN)
-        self.poller.register(monitor, zmq.POLLIN)
-
-    def close(self) -> None:
-        self.socket.disable_monitor()
-        self.socket.close(linger=0)
-        self.monitor.close(linger=0)
-
-
-def _disconnected(monitor: zmq.Socket) -> bool:
-    """Drain the monitor; True if the connection dropped since the request went out."""
-    dropped = False
-    while True:
-        try:
-            frames = monitor.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return dropped
-        dropped |= parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED

@@ -33,8 +33,8 @@ class CompareFailed(RaftCtlError):
     exit_code = EXIT_NOT_FOUND
 
     def __init__(self, key: str, current: str | None) -> None:
-        shown = "the key does not exist" if current is None else json.dumps(current)
-        super().__init__(f"compare failed for {key}: current value is {shown}")
+        shown = "the key does not exist" if current is None else f"its value is {json.dumps(current)}"
+        super().__init__(f"compare failed for {key}: {shown}")
         self.key = key
         self.current = current
 

@@ -11,7 +11,8 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   cas:    key, expected (str|None), value -> revision              (COMPARE_FAILED, with value)
   list:   prefix, limit, consistency      -> items: [[key, value], ...]
   status: (none)                          -> status: {...} (this node's view, see node status)
-  cluster:(none)                          -> nodes: [status, ...] (every node, unreachable included)
+  cluster:(none)                          -> nodes: [status, ...] (every member, unreachable ones
+          included; answered by the leader, which owns the membership: others redirect)
   transfer: to (int, 0 = any)             -> leader_id
   snapshot: (none)                        -> index
   hash:   (none)                          -> hash (sha256 hex of the kv state), applied
@@ -23,6 +24,12 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
           the HTTP process serves it, with its own REST metrics, on /metrics)
 Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
            "leader": str? (the leader's client endpoint), ...result fields}
+
+Codes a client retries elsewhere: not_leader (with the leader's endpoint when known) and
+no_leader (the node knows none: an election, no quorum, or it was removed); the request did
+not run. unavailable: it ran into a transient failure (leadership changed before the entry
+committed, a transfer that did not finish): session-numbered writes and reads may be
+retried, an administrative request reports it.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ class Code(enum.StrEnum):
     NOT_FOUND = "not_found"
     COMPARE_FAILED = "compare_failed"
     NOT_LEADER = "not_leader"
+    NO_LEADER = "no_leader"
     UNAVAILABLE = "unavailable"
     INVALID = "invalid"
     TOO_LARGE = "too_large"

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import zmq
 
 from .errors import RaftKVError
 from .localcluster import LocalCluster
-from .settings import LOG_FORMAT, SettingsError, load_cluster, load_settings
+from .settings import LOG_FORMAT, LOG_LEVELS, SettingsError, load_cluster, load_settings
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+NODE_FACTORY = "node_factory"
 
 
 def _fail(message: str, code: int) -> None:
@@ -39,16 +42,18 @@ def cli() -> None:
 @click.option("--id", "node_id", type=int, help="This node's id (env RAFTKVD_ID).")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Override the node's data_dir (env RAFTKVD_DATA_DIR).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Log level (env RAFTKVD_LOG_LEVEL, default info).")
+@click.option("--log-level", type=click.Choice([level.lower() for level in LOG_LEVELS], case_sensitive=False),
+              help="Log level, in any case (env RAFTKVD_LOG_LEVEL, default info).")
 @click.option("--join", is_flag=True, default=False,
               help="Join a running cluster after `raftctl member add` (env RAFTKVD_JOIN=1): a "
                    "new data dir learns its membership from the leader instead of the file.")
-def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_level: str | None,
-        join: bool) -> None:
+@click.pass_obj
+def run(obj: dict[str, Any] | None, config_path: str | None, node_id: int | None, data_dir: str | None,
+        log_level: str | None, join: bool) -> None:
     """Run one node in the foreground; logs go to stderr. SIGTERM/SIGINT stop it cleanly."""
     from .server.node import Node
 
+    make_node = (obj or {}).get(NODE_FACTORY, Node)
     try:
         settings = load_settings(config_path, node_id=node_id, data_dir=data_dir, log_level=log_level,
                                  join=join)
@@ -60,7 +65,7 @@ def run(config_path: str | None, node_id: int | None, data_dir: str | None, log_
         format=LOG_FORMAT,
     )
     try:
-        node = Node(settings)
+        node = make_node(settings)
     except zmq.ZMQError as exc:
         _fail(f"node {settings.node.id}: cannot bind its endpoints: {exc}", EXIT_RUNTIME)
     except RaftKVError as exc:
@@ -96,19 +101,20 @@ def _local_cluster(config_path: str) -> LocalCluster:
 @_config_option
 @click.option("--timeout", default=20.0, show_default=True, help="Seconds to wait for a leader.")
 def start(config_path: str, timeout: float) -> None:
-    """Start every node in the background (pid and log in each data dir), wait for a leader."""
+    """Start every node in the background (pid and log in each data dir); succeed only once
+    every node serves and a leader is elected, else name each node that does not, and why."""
     local = _local_cluster(config_path)
     for line in local.start():
         click.echo(line)
-    leader = local.wait_for_leader(timeout)
+    leader, problems = local.wait_until_serving(timeout)
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        _fail(f"{len(problems)} of {len(local.cluster.nodes)} node(s) did not start; stop the "
+              "others with `raftkvd cluster stop`", EXIT_RUNTIME)
     if leader is None:
         _fail(f"no leader elected within {timeout:.0f}s; see the logs in each data dir", EXIT_RUNTIME)
-    dead = list(local.dead_nodes())
-    for line in dead:
-        click.echo(line, err=True)
-    if dead:
-        _fail(f"leader is node {leader}, but {len(dead)} node(s) did not start", EXIT_RUNTIME)
-    click.echo(f"cluster ready: leader is node {leader}")
+    click.echo(f"cluster ready: every node serves, leader is node {leader}")
 
 
 @cluster.command()
@@ -127,10 +133,12 @@ def status(config_path: str) -> None:
         click.echo(line)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console-script entry point: usage errors are one line and exit code 2, like config errors."""
+def main(args: list[str] | None = None, node_factory: Callable[..., Any] | None = None) -> None:
+    """Console-script entry point: usage errors are one line and exit code 2, like config errors.
+    `node_factory(settings)` builds the node `run` runs (tests pass seams in through it)."""
+    obj = {NODE_FACTORY: node_factory} if node_factory is not None else None
     try:
-        cli.main(args=args, prog_name="raftkvd", standalone_mode=False)
+        cli.main(args=args, prog_name="raftkvd", standalone_mode=False, obj=obj)
     except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
         sys.exit(EXIT_CONFIG)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,15 @@ PID_FILE = "raftkvd.pid"
 LOG_FILE = "raftkvd.log"
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.1
+
+
+def _http_accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -62,29 +72,38 @@ class LocalCluster:
             (node.data_dir / PID_FILE).write_text(f"{proc.pid}\n")
             yield f"node {node.id}: started (pid {proc.pid}, log {node.data_dir / LOG_FILE})"
 
-    def dead_nodes(self) -> Iterator[str]:
-        """A line for each node whose process is gone, with the last line of its log."""
-        for node in self.cluster.nodes:
-            if self._pid(node) is None:
-                log_file = node.data_dir / LOG_FILE
-                try:
-                    last = log_file.read_text(errors="replace").strip().splitlines()[-1]
-                except (OSError, IndexError):
-                    last = "no log"
-                yield f"node {node.id}: not running ({log_file}): {last}"
+    def _last_log_line(self, node: NodeSettings) -> str:
+        log_file = node.data_dir / LOG_FILE
+        try:
+            return log_file.read_text(errors="replace").strip().splitlines()[-1]
+        except (OSError, IndexError):
+            return "no log"
 
     def statuses(self, timeout: float = 1.0) -> list[dict]:
-        members = {node.id: node.client for node in self.cluster.nodes}
+        members = {node.id: {"client": node.client, "raft": node.raft, "http": node.http}
+                   for node in self.cluster.nodes}
         return fetch_statuses(zmq.Context.instance(), members, timeout)
 
-    def wait_for_leader(self, timeout: float) -> int | None:
+    def wait_until_serving(self, timeout: float) -> tuple[int | None, list[str]]:
+        """Wait until every node answers on its client and HTTP addresses and a leader is
+        elected. Returns the leader (None if none) and one line per node that is not serving:
+        a process that exited is named at once, with the last line of its log."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for status in self.statuses(timeout=0.5):
-                if status.get("role") == "leader":
-                    return status["id"]
+        while True:
+            dead = {node.id: f"node {node.id}: exited ({node.data_dir / LOG_FILE}): "
+                             f"{self._last_log_line(node)}"
+                    for node in self.cluster.nodes if self._pid(node) is None}
+            statuses = {s["id"]: s for s in self.statuses(timeout=0.5)}
+            leader = next((i for i, s in statuses.items() if s.get("role") == "leader"), None)
+            silent = {node.id: f"node {node.id}: running but not serving on {node.client} and "
+                               f"{node.http} (see {node.data_dir / LOG_FILE})"
+                      for node in self.cluster.nodes
+                      if node.id not in dead and not (statuses[node.id].get("reachable")
+                                                      and _http_accepts(node.http))}
+            if dead or (leader is not None and not silent) or time.monotonic() >= deadline:
+                problems = {**silent, **dead}
+                return leader, [problems[i] for i in sorted(problems)]
             time.sleep(POLL_S)
-        return None
 
     def stop(self) -> Iterator[str]:
         pids = {node.id: self._pid(node) for node in self.cluster.nodes}

@@ -1,18 +1,17 @@
-"""The REST server's way into the cluster: an asyncio client of the node's ZeroMQ client
-protocol (raftkv.protocol) that multiplexes every in-flight request over one DEALER per
-target node.
+"""The REST server's way into the cluster: an asyncio driver of the client core (raftkv.routing)
+that multiplexes every in-flight request over one DEALER per target node.
 
-Unlike raftctl.Client (one request at a time, one thread each), many HTTP handlers share
-this client: each request is tagged with a fresh "id", one reader callback per socket hands
-each reply to the future waiting for that id, and a late reply to a request that already
-gave up finds nobody and is dropped. So 64 concurrent HTTP connections cost 64 futures,
-not 64 sockets or threads.
+Unlike raftctl.Client (one request at a time), many HTTP handlers share this client: each try
+is tagged with a fresh "id", one reader callback per socket hands each reply to the future
+waiting for that id, and a late reply to a try that is over finds nobody and is dropped.
+So 64 concurrent HTTP connections cost 64 futures, not 64 sockets or threads.
 
-Routing: reads that may be served locally (serializable reads, status, cluster) go to
-this node; writes and linearizable reads go to the leader as far as we know it (first
-this node, which answers "not_leader" with the leader's client endpoint). The answer is
-the leader's; the HTTP client is never redirected. With no leader the call waits out an
-election for a bounded time, then raises NoLeader (-> 503 with Retry-After).
+Routing is the client core's, with this node as the one endpoint it knows at first: reads
+that may be served locally (serializable reads, status, metrics) go to this node alone;
+writes, linearizable reads and the cluster view go to the leader as far as we know it (first
+this node, which answers "not_leader" with the leader's client endpoint). The answer is the
+leader's; the HTTP client is never redirected. With no leader the call waits out an
+election for NO_LEADER_WAIT_S, then raises NoLeader (-> 503 with Retry-After).
 
 Exactly once: each write runs under a session slot of this process (its own session id
 and sequence numbers, one write in flight per slot); a retry resends the same (session,
@@ -22,15 +21,18 @@ seq), so the state machine applies it once and returns the first result (thesis 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from raftkv.frames import FrameError, decode_client, encode_client
-from raftkv.protocol import Code
+from raftkv.routing import Call, Outcome, Route, Router
 from raftkvd.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -39,24 +41,18 @@ Reply = dict[str, Any]
 
 DEADLINE_S = 5.0
 """Longest one call may take, retries and redirects included."""
-PER_TRY_S = 1.0
-"""Silence after which one try counts as lost (then retried, the same seq for writes)."""
 CONNECT_TIMEOUT_S = 0.2
-"""Wait for a connection to a node before a try counts as failed (IMMEDIATE sockets)."""
+"""Wait for a connection to a node before a try counts as lost (IMMEDIATE sockets)."""
 NO_LEADER_WAIT_S = 1.0
 """How long "no leader" answers are waited out (about two election timeouts) before 503."""
-MAX_REDIRECTS = 3
 SEND_RETRY_S = 0.005
 """Pause between tries of a send that found no connection or a full queue."""
-BACKOFF_START_S = 0.01
-BACKOFF_CAP_S = 0.2
 MAX_IN_FLIGHT = 512
 """Forwarded requests in flight at once; beyond this the HTTP layer answers 503 at once."""
 HWM = 10_000
 DRAIN_BATCH = 256
 """Replies taken off a socket per wake-up of its reader."""
 MAX_REPLY_BYTES = 72 * 1024 * 1024
-_RETRY_CODES = frozenset({Code.NOT_LEADER.value, Code.UNAVAILABLE.value})
 
 
 class NoLeader(Unavailable):
@@ -76,11 +72,12 @@ class Closed(Unavailable):
 
 
 class _Link:
-    """One DEALER to one node's client endpoint, shared by every in-flight request to it.
+    """One DEALER to one node's client endpoint, shared by every in-flight try to it.
 
     A plain (not zmq.asyncio) socket watched with the loop's add_reader: sends are one
     non-blocking call, and every reply waiting is delivered in one callback. ZeroMQ's FD
     is edge-triggered, so after any send we look for replies that send may have taken in.
+    A socket monitor reports a dropped connection, which loses the tries it carried.
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
@@ -94,13 +91,54 @@ class _Link:
         self.socket.setsockopt(zmq.RCVHWM, HWM)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
         self.socket.connect(endpoint)
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.pending: dict[int, asyncio.Future[Reply | None]] = {}
+        self.sent: set[int] = set()
         self._loop = asyncio.get_running_loop()
         self._fd = self.socket.getsockopt(zmq.FD)
+        self._monitor_fd = self.monitor.getsockopt(zmq.FD)
         self._loop.add_reader(self._fd, self._drain)
+        self._loop.add_reader(self._monitor_fd, self._watch)
+
+    def start(self, req_id: int, frame: bytes, on_sent: Callable[[], None]) -> asyncio.Future[Reply | None]:
+        """Send `frame` as try `req_id`: its reply, or None once the try is lost."""
+        future: asyncio.Future[Reply | None] = self._loop.create_future()
+        self.pending[req_id] = future
+        future.add_done_callback(lambda _: self._forget(req_id))
+        if not self._try_send(req_id, frame, on_sent):
+            self._loop.create_task(self._send_later(req_id, frame, on_sent, future))
+        return future
+
+    def _try_send(self, req_id: int, frame: bytes, on_sent: Callable[[], None]) -> bool:
+        try:
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._loop.call_soon(self._drain)
+        self.sent.add(req_id)
+        on_sent()
+        return True
+
+    async def _send_later(self, req_id: int, frame: bytes, on_sent: Callable[[], None],
+                          future: asyncio.Future[Reply | None]) -> None:
+        """Not connected (yet) or the queue is full: retry briefly, then the try is lost."""
+        deadline = self._loop.time() + CONNECT_TIMEOUT_S
+        while not future.done():
+            await asyncio.sleep(SEND_RETRY_S)
+            if future.done() or self._try_send(req_id, frame, on_sent):
+                return
+            if self._loop.time() >= deadline:
+                _resolve(future, None)
+                return
+
+    def _forget(self, req_id: int) -> None:
+        self.pending.pop(req_id, None)
+        self.sent.discard(req_id)
 
     def _drain(self) -> None:
-        """Hand every waiting reply to the request waiting for its id; drop anything else."""
+        """Hand every waiting reply to the try waiting for its id; drop anything else."""
         for _ in range(DRAIN_BATCH):
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
@@ -115,51 +153,59 @@ class _Link:
         except FrameError:
             return
         req_id = reply.get("id")
-        future = self.pending.pop(req_id, None) if type(req_id) is int else None
-        if future is not None and not future.done():
-            future.set_result(reply)
+        future = self.pending.get(req_id) if type(req_id) is int else None
+        if future is not None:
+            _resolve(future, reply)
 
-    async def exchange(self, req_id: int, request: Reply, timeout: float) -> Reply | None:
-        """Send `request` as `req_id`; its reply, or None after `timeout` or a failed send."""
-        frame = encode_client({**request, "id": req_id})
-        future: asyncio.Future[Reply | None] = self._loop.create_future()
-        self.pending[req_id] = future
-        expiry = self._loop.call_later(timeout, _expire, future)
-        try:
-            if not await self._send(frame, min(timeout, CONNECT_TIMEOUT_S)):
-                return None
-            return await future
-        finally:
-            expiry.cancel()
-            self.pending.pop(req_id, None)
-
-    async def _send(self, frame: bytes, connect_timeout: float) -> bool:
-        """Queue `frame`; if not connected (yet) or the queue is full, retry briefly."""
-        deadline = self._loop.time() + connect_timeout
+    def _watch(self) -> None:
+        """The connection dropped: the tries it carried will not be answered."""
+        dropped = False
         while True:
             try:
-                self.socket.send(frame, zmq.NOBLOCK)
-                return True
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                if self._loop.time() >= deadline:
-                    return False
-            finally:
-                if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    self._loop.call_soon(self._drain)
-            await asyncio.sleep(SEND_RETRY_S)
+                break
+            dropped |= parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED
+        if dropped:
+            for req_id in list(self.sent):
+                future = self.pending.get(req_id)
+                if future is not None:
+                    _resolve(future, None)
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
-        for future in self.pending.values():
+        self._loop.remove_reader(self._monitor_fd)
+        for future in list(self.pending.values()):
             if not future.done():
                 future.set_exception(Closed("node shutting down"))
         self.pending.clear()
+        self.socket.disable_monitor()
+        self.monitor.close(0)
         self.socket.close(0)
 
 
-def _expire(future: asyncio.Future[Reply | None]) -> None:
+def _resolve(future: asyncio.Future[Reply | None], value: Reply | None) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(value)
+
+
+class _Wake:
+    """Wakes a waiting call when one of its tries reaches a connection late: its timers
+    (hedging, silence) count from then."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call) -> None:
+        self.loop = loop
+        self.call = call
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def sent(self, endpoint: str) -> None:
+        self.call.sent(endpoint, self.loop.time())
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def rearm(self) -> None:
+        if self.future.done():
+            self.future = self.loop.create_future()
 
 
 class _Slot:
@@ -182,16 +228,13 @@ class ForwardClient:
         local_endpoint: str,
         *,
         deadline: float = DEADLINE_S,
-        per_try: float = PER_TRY_S,
         no_leader_wait: float = NO_LEADER_WAIT_S,
         max_in_flight: int = MAX_IN_FLIGHT,
         session_prefix: str | None = None,
     ) -> None:
         self.local = local_endpoint
-        self.leader: str | None = None
-        """The leader's client endpoint as last learned; None: ask this node first."""
+        self.router = Router([local_endpoint])
         self.deadline = deadline
-        self.per_try = per_try
         self.no_leader_wait = no_leader_wait
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -204,26 +247,30 @@ class ForwardClient:
         self._closed = False
 
     @property
+    def leader(self) -> str | None:
+        """The leader's client endpoint as last learned; None: ask this node first."""
+        return self.router.leader
+
+    @property
     def links(self) -> dict[str, _Link]:
         """Open sockets by endpoint (one per node talked to)."""
         return dict(self._links)
 
     async def local_call(self, request: Reply) -> Reply:
-        """Ask this node itself (serializable reads, status, cluster)."""
-        return await self._guarded(request, to_leader=False)
+        """Ask this node itself (serializable reads, status, metrics)."""
+        return await self._guarded(request, Route.NODE)
 
     async def leader_call(self, request: Reply) -> Reply:
-        """A linearizable read: the leader's answer."""
-        return await self._guarded(request, to_leader=True)
+        """A linearizable read or the cluster view: the leader's answer."""
+        return await self._guarded(request, Route.LEADER)
 
     async def write(self, request: Reply) -> Reply:
         """A write (put/delete/cas) under a session slot; retries keep its seq."""
         slot = self._free_slots.pop() if self._free_slots else self._new_slot()
         try:
             slot.seq += 1
-            return await self._guarded(
-                {**request, "session": slot.session, "seq": slot.seq}, to_leader=True
-            )
+            return await self._guarded({**request, "session": slot.session, "seq": slot.seq},
+                                       Route.LEADER)
         finally:
             self._free_slots.append(slot)
 
@@ -231,66 +278,59 @@ class ForwardClient:
         self._slot_count += 1
         return _Slot(f"{self._session_prefix}-{self._slot_count}")
 
-    async def _guarded(self, request: Reply, to_leader: bool) -> Reply:
+    async def _guarded(self, request: Reply, route: Route) -> Reply:
         if self._closed:
             raise Closed("node shutting down")
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(f"more than {self.max_in_flight} requests in flight")
         self.in_flight += 1
         try:
-            return await self._call(request, to_leader)
+            return await self._call(request, route)
         finally:
             self.in_flight -= 1
 
-    async def _call(self, request: Reply, to_leader: bool) -> Reply:
-        """Send until some node gives a real answer, within the deadline.
-
-        "not_leader" with a hint is followed at once (a few times); silence, a failed
-        send or "no leader" go back to this node after a backoff, and "no leader" for
-        longer than `no_leader_wait` gives up with NoLeader.
-        """
+    async def _call(self, request: Reply, route: Route) -> Reply:
+        """Drive one routing.Call: send where it says, tell it what came back, until it ends."""
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self.deadline
-        no_leader_since: float | None = None
-        backoff = BACKOFF_START_S
-        redirects = 0
-        target = (self.leader or self.local) if to_leader else self.local
-        # This node answers its own questions or nothing will: no point in resending them.
-        per_try = self.per_try if to_leader else self.deadline
-        last = "no answer"
-        while (remaining := deadline - loop.time()) > 0:
-            reply = await self._link(target).exchange(
-                next(self._ids), request, min(per_try, remaining)
-            )
-            if self._closed:
-                raise Closed("node shutting down")
-            code = reply.get("code") if reply is not None else None
-            if reply is not None and code not in _RETRY_CODES:
-                if to_leader:
-                    self.leader = target
-                return reply
-            hint = _leader_hint(reply)
-            if hint is not None and redirects < MAX_REDIRECTS:
-                self.leader = target = hint
-                redirects += 1
-                continue
-            if self.leader == target:
-                self.leader = None
-            if reply is None:
-                last = f"{target} did not answer"
-            else:
-                last = str(reply.get("error") or code)
+        now = loop.time()
+        call = Call(self.router, route, now, now + self.deadline, patience=self.no_leader_wait,
+                    target=self.local)
+        tries: dict[asyncio.Future[Reply | None], str] = {}
+        wake = _Wake(loop, call)
+
+        def launch(endpoints: list[str]) -> None:
+            for endpoint in endpoints:
+                req_id = next(self._ids)
+                frame = encode_client({**request, "id": req_id})
+                on_sent = functools.partial(wake.sent, endpoint)
+                tries[self._link(endpoint).start(req_id, frame, on_sent)] = endpoint
+
+        launch(call.start())
+        try:
+            while not call.done:
+                wake.rearm()
+                wait = max(0.0, call.wakeup() - loop.time())
+                done, _ = await asyncio.wait({*tries, wake.future}, timeout=wait,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if self._closed:
+                    raise Closed("node shutting down")
                 now = loop.time()
-                no_leader_since = no_leader_since if no_leader_since is not None else now
-                if now - no_leader_since >= self.no_leader_wait:
-                    raise NoLeader(last)
-            target, redirects = self.local, 0
-            await asyncio.sleep(min(backoff, max(0.0, deadline - loop.time())))
-            backoff = min(backoff * 2, BACKOFF_CAP_S)
-        if no_leader_since is not None:
-            raise NoLeader(last)
-        raise ForwardTimeout(f"no answer within {self.deadline:g}s ({last})")
+                for future in done:
+                    endpoint = tries.pop(future, None)
+                    if endpoint is None:
+                        continue  # the wake-up: a try reached a connection, its timers start
+                    reply = future.result()
+                    launch(call.lost(endpoint, now) if reply is None else call.answered(endpoint, reply, now))
+                launch(call.due(now))
+        finally:
+            for future in tries:
+                future.cancel()
+            wake.future.cancel()
+        if call.outcome is Outcome.DONE and call.reply is not None:
+            return call.reply
+        if call.outcome is Outcome.NO_LEADER:
+            raise NoLeader(call.last_error or "no leader")
+        raise ForwardTimeout(f"no answer within {self.deadline:g}s ({call.last_error or 'no answer'})")
 
     def _link(self, endpoint: str) -> _Link:
         link = self._links.get(endpoint)
@@ -304,13 +344,3 @@ class ForwardClient:
         for link in self._links.values():
             link.close()
         self._links.clear()
-
-
-def _leader_hint(reply: Reply | None) -> str | None:
-    """The leader's client endpoint from a "not_leader" answer, when it names one."""
-    if reply is None or reply.get("code") != Code.NOT_LEADER.value:
-        return None
-    leader = reply.get("leader")
-    if not isinstance(leader, str) or not leader.startswith("tcp://"):
-        return None
-    return leader

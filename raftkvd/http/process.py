@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .server import SHUTDOWN_TIMEOUT_S, HttpError
+from .httpserver import SHUTDOWN_TIMEOUT_S, HttpError
 from .worker import ERROR, READY, STOP
 
 log = logging.getLogger(__name__)

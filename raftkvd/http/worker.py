@@ -23,7 +23,7 @@ import threading
 from raftkvd.metrics import HttpMetrics
 from raftkvd.settings import LOG_FORMAT
 
-from .server import HttpError, HttpServer
+from .httpserver import HttpError, HttpServer
 
 log = logging.getLogger(__name__)
 

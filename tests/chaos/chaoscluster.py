@@ -1,8 +1,8 @@
 """ChaosCluster: a ProcCluster whose peer links all run through a FaultNet.
 
 Every node advertises (in the one shared cluster file) a front port of the fault proxy as its
-`raft` address, and binds its Raft ROUTER on a private port instead (raftkvd's test-only hook
-RAFTKVD_TEST_RAFT_BIND). So every peer message crosses the proxy, while each node's membership
+`raft` address, and binds its Raft ROUTER on a private port instead (node_main.py passes the
+bind address into the node). So every peer message crosses the proxy, while each node's membership
 table -- which snapshots copy from node to node -- holds the same addresses on every node.
 Client (`client`) and REST (`http`) endpoints are direct: faults there are kills and pauses.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import random
 import socket
+import sys
 from pathlib import Path
 
 from cluster import DEFAULT_MAX_VALUE_BYTES, DEV_PORTS, HOST, ProcCluster
 from faultproxy import FaultNet
 
-ENV_RAFT_BIND = "RAFTKVD_TEST_RAFT_BIND"
-ENV_UNSAFE_LOCAL_READS = "RAFTKVD_TEST_UNSAFE_LOCAL_READS"
+NODE_MAIN = Path(__file__).with_name("node_main.py")
 FORBIDDEN_PORTS = frozenset(DEV_PORTS) | frozenset(range(8080, 8083))
 """The dev cluster of conf/cluster.toml (raft, client and http ports): never listen there."""
 HASH_TIMEOUT_S = 2.0
@@ -86,13 +86,10 @@ class ChaosCluster(ProcCluster):
     def bind_endpoint(self, node_id: int) -> str:
         return f"tcp://{HOST}:{self.bind_ports[node_id]}"
 
-    def node_env(self, node_id: int) -> dict[str, str]:
-        """ProcCluster's environment plus the Raft bind address behind the proxy."""
-        env = super().node_env(node_id)
-        env[ENV_RAFT_BIND] = self.bind_endpoint(node_id)
-        if self.unsafe_local_reads:
-            env[ENV_UNSAFE_LOCAL_READS] = "1"
-        return env
+    def node_command(self, node_id: int) -> list[str]:
+        """Each node's Raft ROUTER binds behind the proxy (and maybe serves reads unsafely)."""
+        command = [sys.executable, str(NODE_MAIN), "--raft-bind", self.bind_endpoint(node_id)]
+        return command + (["--unsafe-local-reads"] if self.unsafe_local_reads else [])
 
     def kv_hash(self, node_id: int, timeout: float = HASH_TIMEOUT_S) -> tuple[str, int] | None:
         """(sha256 of the node's kv state, its applied index), read in one loop turn; None if silent."""

@@ -1,8 +1,8 @@
 """A TCP fault proxy on raftkvd's peer links: real network faults between real processes.
 
 Each node's advertised `raft` address (the one in the cluster file, which every peer dials) is a
-front port of this proxy; the node itself binds elsewhere (raftkvd's test hook
-RAFTKVD_TEST_RAFT_BIND) and the proxy forwards every accepted connection there. All peers of node
+front port of this proxy; the node itself binds elsewhere (node_main.py passes the
+bind address in) and the proxy forwards every accepted connection there. All peers of node
 j dial the same front port, so the proxy tells the links apart by sniffing the connecting DEALER's
 identity (raftkvd sets it to the node id) from the ZMTP 3 handshake: the READY command's
 `Identity` property. One front per node, faults per directed link (i -> j).

@@ -145,7 +145,7 @@ def test_chaos_history_stays_linearizable_under_every_fault_kind(tmp_path: Path)
 
 
 def test_chaos_catches_stale_reads_when_a_leader_reads_without_read_index(tmp_path: Path) -> None:
-    """Deliberately broken read path (RAFTKVD_TEST_UNSAFE_LOCAL_READS=1, set only here): an old
+    """Deliberately broken read path (node_main.py --unsafe-local-reads, used only here): an old
     leader, isolated but not yet aware of it, answers reads from its own state."""
     report = run_chaos(ChaosConfig(duration_s=10.0, nodes=3, kinds=("isolated-leader-reads",),
                                    unsafe_local_reads=True, workdir=tmp_path / "chaos"))

@@ -218,13 +218,35 @@ def test_replies_with_another_id_and_garbage_frames_are_discarded(fake_node, cli
     assert client.get("k") == "fresh"
 
 
-def test_socket_is_recreated_after_a_silent_try(fake_node, client_for):
-    node = fake_node(lambda r: None if len(node.requests) == 1 else {"code": "ok", "value": "x"})
+def test_a_late_answer_to_a_finished_call_is_never_taken_for_the_next_one(fake_node, client_for):
+    def late_answers(request: Request) -> list[bytes | Request] | None:
+        if len(node.requests) == 1:
+            return None  # silent: the client tries again within the same call
+        if len(node.requests) == 3:  # the next call: first the late answer to the first try
+            first_id = node.requests[0]["id"]
+            return [encode_client({"id": first_id, "code": "ok", "value": "late"}),
+                    {"code": "ok", "value": "second"}]
+        return {"code": "ok", "value": "first"}
+
+    node = fake_node(late_answers)
     client = client_for(node, timeout=1.0)
 
-    assert client.get("a") == "x"
-    # a new DEALER has a new identity: the ROUTER can no longer route the late reply to us
-    assert len(set(node.identities)) == 2
+    assert client.get("a") == "first"
+    assert client.get("b") == "second"
+    assert len({r["id"] for r in node.requests}) == 3  # every try has its own id
+
+
+def test_a_silent_node_gets_its_answer_counted_when_it_comes_within_the_call(fake_node, client_for):
+    """No try is abandoned for being slow: a node that needs long still answers the call."""
+
+    def slow(request: Request) -> Request:
+        time.sleep(0.6)  # longer than the old 0.5 s per try: the answer still counts
+        return {"code": "ok", "value": "slow"}
+
+    node = fake_node(slow)
+    client = client_for(node, timeout=5.0)
+    assert client.get("k") == "slow"
+    assert len(node.requests) == 1
 
 
 # -- answers mapped to exceptions -----------------------------------------------------------

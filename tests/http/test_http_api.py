@@ -15,7 +15,7 @@ from http_helpers import call, follower, http_port, put, raw_exchange, wait_stat
 pytestmark = pytest.mark.timeout(120)
 
 BODY_SLACK_BYTES = 64 * 1024
-"""raftkvd.http.server.BODY_SLACK_BYTES: a PUT body may be this much over max_value_bytes."""
+"""raftkvd.http.rest.BODY_SLACK_BYTES: a PUT body may be this much over max_value_bytes."""
 
 
 def test_seed_curl_commands_work_against_a_follower(http_cluster: ProcCluster) -> None:

@@ -17,7 +17,8 @@ import zmq
 from helpers import free_port
 
 from raftkv.frames import decode_client, encode_client
-from raftkvd.http import forward, server
+from raftkv.routing import Route
+from raftkvd.http import forward, httpserver
 from raftkvd.http.forward import ForwardClient, NoLeader, Overloaded
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,7 +135,7 @@ def test_a_retried_write_keeps_its_session_and_seq(nodes: Callable[[Handler], Fa
         await client.write({"op": "put", "key": "a", "value": "1"})
         await client.write({"op": "put", "key": "b", "value": "2"})
 
-    run(writes, node.endpoint, per_try=0.2)
+    run(writes, node.endpoint, deadline=1.0)  # silence counts after a third of it
     assert len(seen) == 3
     assert seen[0] == seen[1], "the retry must carry the same (session, seq)"
     assert seen[2] == (seen[0][0], seen[0][1] + 1), "the next write gets the next seq"
@@ -148,13 +149,13 @@ def test_concurrent_writes_never_share_a_session(nodes: Callable[[Handler], Fake
     async def writes(client: ForwardClient) -> None:
         original = client._guarded
 
-        async def tracking(request: dict[str, Any], to_leader: bool) -> dict[str, Any]:
+        async def tracking(request: dict[str, Any], route: Route) -> dict[str, Any]:
             session = request.get("session", "")
             if in_flight.get(session):
                 overlaps.append(session)
             in_flight[session] = in_flight.get(session, 0) + 1
             try:
-                return await original(request, to_leader)
+                return await original(request, route)
             finally:
                 in_flight[session] -= 1
 
@@ -174,7 +175,7 @@ def test_concurrent_writes_never_share_a_session(nodes: Callable[[Handler], Fake
 
 
 def test_no_leader_raises_after_the_bounded_wait(nodes: Callable[[Handler], FakeNode]) -> None:
-    node = nodes(lambda r: {"code": "unavailable", "error": "no leader"})
+    node = nodes(lambda r: {"code": "no_leader", "error": "no leader"})
     started = time.monotonic()
     with pytest.raises(NoLeader, match="no leader"):
         run(lambda c: c.write({"op": "put", "key": "k", "value": "v"}), node.endpoint,
@@ -190,7 +191,7 @@ def test_requests_over_the_in_flight_cap_are_refused_at_once(nodes: Callable[[Ha
         return await asyncio.gather(*(client.leader_call({"op": "get", "key": "k"}) for _ in range(6)),
                                     return_exceptions=True)
 
-    results = run(flood, node.endpoint, max_in_flight=4, deadline=0.5, per_try=0.5)
+    results = run(flood, node.endpoint, max_in_flight=4, deadline=0.5)
     assert sum(isinstance(r, Overloaded) for r in results) == 2
     assert sum(isinstance(r, forward.ForwardTimeout) for r in results) == 4
 
@@ -205,9 +206,9 @@ def test_a_silent_local_node_is_a_timeout_not_a_hang(nodes: Callable[[Handler], 
 
 
 def test_connections_over_the_cap_get_503_and_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "connection_cap", lambda: 4)
+    monkeypatch.setattr(httpserver, "connection_cap", lambda: 4)
     port = free_port()
-    http = server.HttpServer(f"127.0.0.1:{port}", f"tcp://127.0.0.1:{free_port()}", 1024)
+    http = httpserver.HttpServer(f"127.0.0.1:{port}", f"tcp://127.0.0.1:{free_port()}", 1024)
     http.start()
     held = []
     try:
@@ -245,6 +246,6 @@ def test_a_taken_address_fails_start_with_one_clear_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        http = server.HttpServer(f"127.0.0.1:{port}", "tcp://127.0.0.1:1", 1024)
-        with pytest.raises(server.HttpError, match=f"cannot serve http on 127.0.0.1:{port}"):
+        http = httpserver.HttpServer(f"127.0.0.1:{port}", "tcp://127.0.0.1:1", 1024)
+        with pytest.raises(httpserver.HttpError, match=f"cannot serve http on 127.0.0.1:{port}"):
             http.start()

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.timeout(180)
 
 SEED = 20260511
 IDLE_TIMEOUT_S = 10.0
-"""raftkvd.http.server.IDLE_TIMEOUT_S: also the limit for a request head to complete."""
+"""raftkvd.http.guards.IDLE_TIMEOUT_S: also the limit for a request head to complete."""
 BODY_TIMEOUT_S = 10.0
-"""raftkvd.http.server.BODY_TIMEOUT_S."""
+"""raftkvd.http.rest.BODY_TIMEOUT_S."""
 SLOW_CLIENTS = 100
 IDLE_CLIENTS = 100
 API_ANSWER_S = 2.0

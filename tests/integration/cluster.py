@@ -229,11 +229,15 @@ class ProcCluster:
         return sorted(self.specs)
 
     def node_env(self, node_id: int) -> dict[str, str]:
-        """The environment node `node_id` runs with: a hook, so subclasses can add test-only
-        settings without copying `start`."""
+        """The environment node `node_id` runs with."""
         env = clean_env()
         env["RAFTKVD_LOG_LEVEL"] = self.log_level
         return env
+
+    def node_command(self, node_id: int) -> list[str]:
+        """The command before `run ...`: a hook, so subclasses can start nodes with test seams
+        passed in (tests/chaos/node_main.py) without copying `start`."""
+        return RAFTKVD
 
     def start(self, node_id: int, join: bool = False) -> subprocess.Popen[bytes]:
         """Start one node in the background (appending to its log file); `join`: as a node
@@ -245,7 +249,7 @@ class ProcCluster:
             log.write(f"==== {self.harness_name} harness: starting node {node_id} ====\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                [*RAFTKVD, "run", "--config", str(self.config_path), "--id", str(node_id),
+                [*self.node_command(node_id), "run", "--config", str(self.config_path), "--id", str(node_id),
                  *(["--join"] if join else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
             )

@@ -63,7 +63,7 @@ def test_cluster_start_waits_for_a_leader_and_stop_leaves_no_process(local: Proc
     config = str(local.config_path)
     started = run_cli(RAFTKVD, "cluster", "start", "--config", config, timeout=60)
     assert started.returncode == 0, started.stdout + started.stderr
-    ready = re.search(r"cluster ready: leader is node (\d+)", started.stdout)
+    ready = re.search(r"cluster ready: every node serves, leader is node (\d+)", started.stdout)
     assert ready, started.stdout
     # start returned only once a leader existed: one status round finds it at once
     reply = local.request(int(ready.group(1)), {"op": "status"}, timeout=2.0)

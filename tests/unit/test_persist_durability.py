@@ -1,9 +1,9 @@
-"""Which Readys the node must make durable before acting on them (raftkvd.node.needs_durability)."""
+"""Which Readys the node must make durable before acting on them (raftkvd.server.driver.needs_durability)."""
 
 from __future__ import annotations
 
 from raftkvd.raft.messages import Entry, HardState, Ready, Snapshot, SnapshotMeta
-from raftkvd.server.node import needs_durability
+from raftkvd.server.driver import needs_durability
 
 DURABLE = (3, 2)  # term 3, voted for node 2: what the node last flushed
 

@@ -4,7 +4,7 @@
 
 const CLUSTER_URL = "/cluster";
 const REFRESH_MS = 1000;
-const FETCH_TIMEOUT_MS = 4000;   // /cluster waits up to 1 s for unreachable nodes
+const FETCH_TIMEOUT_MS = 4000;   // /cluster waits up to 0.5 s for a paused node, 1 s for a leader
 const HISTORY = 60;              // write-rate samples kept: about a minute
 const SPARK_WIDTH = 600;
 const SPARK_HEIGHT = 90;
@@ -175,10 +175,12 @@ async function refresh() {
       cache: "no-store", signal: controller.signal, headers: { Accept: "application/json" },
     });
     const body = await response.json().catch(() => null);
-    if (!response.ok || !Array.isArray(body)) {
-      renderError(body && body.error ? body.error : `HTTP ${response.status}`);
-    } else {
+    if (response.ok && Array.isArray(body)) {
       render(body, performance.now());
+    } else if (body && Array.isArray(body.nodes)) {
+      render(body.nodes, performance.now());  // no leader to ask: this node's own view
+    } else {
+      renderError(body && body.error ? body.error : `HTTP ${response.status}`);
     }
   } catch (error) {
     renderError(error.name === "AbortError" ? "timed out" : "connection failed");

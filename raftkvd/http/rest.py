@@ -1,71 +1,45 @@
-"""The REST API of one node (SPEC §5): aiohttp on an asyncio loop of its own thread, in
-the node's HTTP process (process.py, worker.py).
+"""The REST API of one node (SPEC §5): the aiohttp handlers, their validation and errors.
 
-It never touches the consensus core or LMDB: key-value requests, /cluster, /metrics and the
-node's status travel over the node's own ZeroMQ client protocol (forward.py). /health and
-/ready read the latest status (metrics.Snapshot), which this server polls from the node
-every STATUS_POLL_S. So a slow or hostile HTTP client can cost the HTTP process time,
-never the Raft loop a turn.
-
-Limits, so idle or slow connections cannot exhaust the node: a connection cap (the
-excess is answered 503 and closed before aiohttp sees it), an idle timeout that also
-closes a connection whose request head never completes (slowloris; our own guard, not
-left to the aiohttp version), a body read timeout, a body size limit checked from
-Content-Length before reading, and a cap on forwarded requests in flight
-(forward.MAX_IN_FLIGHT, then 503).
+The handlers never touch the consensus core or LMDB: key-value requests, /cluster, /metrics
+and the node's status travel over the node's own ZeroMQ client protocol (forward.py).
+/health and /ready read the latest status, which the server polls from the node
+(httpserver.StatusPoller). Validation happens here; meaning, at the node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import json
 import logging
-import resource
-import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-import uvloop
-import zmq
 from aiohttp import web
 
 from raftkv import protocol
 from raftkv.protocol import Code
-from raftkvd.errors import RaftKVError, Unavailable
+from raftkvd.errors import Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from raftkvd.metrics import HttpMetrics, Snapshot
 
-from .forward import ForwardClient
+from .forward import ForwardClient, NoLeader
 from .webview import WebView
+
+if TYPE_CHECKING:
+    from .guards import ConnectionGuard
 
 log = logging.getLogger(__name__)
 
 BODY_SLACK_BYTES = 64 * 1024
 """Room for the JSON around a value of max_value_bytes (and some escapes) in a PUT body."""
 BODY_TIMEOUT_S = 10.0
-IDLE_TIMEOUT_S = 10.0
-"""A connection with no request in progress for this long is closed: idle keep-alive
-connections, and connections whose request head never completes (_ConnectionGuard)."""
-SHUTDOWN_TIMEOUT_S = 2.0
-BIND_RETRY_S = 3.0
-START_TIMEOUT_S = 10.0
-MAX_CONNECTIONS = 1024
-"""Open HTTP connections at most (and at most a quarter of the process's file limit, so
-the Raft and client sockets always find descriptors)."""
-MAX_LINE_BYTES = 8 * 1024
-MAX_HEADER_FIELD_BYTES = 8 * 1024
-MAX_HEADERS = 64
 MAX_QUERY_FIELDS = 16
 MAX_LIST_LIMIT = 2**32
 STATUS_STALE_S = 2.0
 """A node whose latest status is older than this is stuck: /health says unhealthy."""
-STATUS_POLL_S = 0.1
-"""How often the server asks its node for a fresh status (for /health and /ready)."""
 RETRY_AFTER_S = "1"
 OPENAPI_RESOURCE = "openapi.json"
 KV_PREFIX = "/kv/"
@@ -81,10 +55,6 @@ _REPLY_STATUS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class HttpError(RaftKVError):
-    """The REST server could not start (typically: its address is taken)."""
 
 
 class BadRequest(Exception):
@@ -122,7 +92,7 @@ class RestApi:
         snapshot: Callable[[], Snapshot | None],
         metrics: HttpMetrics | None,
         max_value_bytes: int,
-        guards: dict[asyncio.BaseTransport, _ConnectionGuard] | None = None,
+        guards: dict[asyncio.BaseTransport, ConnectionGuard] | None = None,
     ) -> None:
         self.forward = forward
         self.guards = guards if guards is not None else {}
@@ -243,7 +213,14 @@ class RestApi:
                       "applied": st["applied"]})
 
     async def cluster(self, request: web.Request) -> web.Response:
-        reply = _checked(await self.forward.local_call({"op": protocol.Op.CLUSTER.value}))
+        """Every member, as the leader sees them; with no leader, 503 with this node's own
+        view in "nodes", so the web view still shows what it can."""
+        try:
+            reply = _checked(await self.forward.leader_call({"op": protocol.Op.CLUSTER.value}))
+        except NoLeader as exc:
+            own = await self.forward.local_call({"op": protocol.Op.STATUS.value})
+            nodes = [{**own["status"], "reachable": True}] if own.get("code") == Code.OK.value else []
+            return _json({"error": f"unavailable: no leader ({exc})", "nodes": nodes}, 503)
         return _json(reply["nodes"])
 
     async def metrics_text(self, request: web.Request) -> web.Response:
@@ -381,258 +358,3 @@ def _utf8(text: str, what: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(400, f"{what} is not valid UTF-8 (lone surrogate)") from None
-
-
-class _Refuse(asyncio.Protocol):
-    """Answers a connection over the cap with 503 and closes it."""
-
-    BODY = json.dumps({"error": "too many connections"}).encode()
-    RESPONSE = (
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        b"Retry-After: " + RETRY_AFTER_S.encode() + b"\r\nConnection: close\r\n"
-        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
-    )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        writer = cast(asyncio.WriteTransport, transport)  # uvloop's is not an asyncio.Transport
-        writer.write(self.RESPONSE)
-        writer.close()
-
-
-class _ConnectionGuard(asyncio.Protocol):
-    """aiohttp's protocol for one connection, closed after IDLE_TIMEOUT_S without a request
-    in progress: from its opening until a first request head is complete (slow or absent
-    headers), and after each answer (idle keep-alive). Requests in progress are bounded by
-    the body timeout and the forwarder's deadline instead."""
-
-    def __init__(self, inner: asyncio.Protocol, guards: dict[asyncio.BaseTransport, _ConnectionGuard],
-                 timeout: float) -> None:
-        self._inner = inner
-        self._guards = guards
-        self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.BaseTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self.busy = 0
-        self.last = self._loop.time()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self._guards[transport] = self
-        self._timer = self._loop.call_later(self._timeout, self._check)
-        self._inner.connection_made(transport)
-
-    def request_done(self) -> None:
-        self.busy -= 1
-        self.last = self._loop.time()
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        if self.busy == 0 and now - self.last >= self._timeout:
-            if self._transport is not None:
-                self._transport.close()
-            return
-        due = now + self._timeout if self.busy else self.last + self._timeout
-        self._timer = self._loop.call_at(due, self._check)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._transport is not None:
-            self._guards.pop(self._transport, None)
-        self._inner.connection_lost(exc)
-
-
-async def _listen(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol],
-                  address: str) -> asyncio.Server:
-    """Bind `address`, waiting out a short EADDRINUSE: the HTTP process of this node's previous
-    run (killed with it) may still be closing its listener."""
-    host, port = split_address(address)
-    deadline = time.monotonic() + BIND_RETRY_S
-    while True:
-        try:
-            return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
-def connection_cap() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(16, min(MAX_CONNECTIONS, soft // 4))
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """"HOST:PORT" (or "[V6]:PORT") -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-class _RateLimitedFilter(logging.Filter):
-    """aiohttp logs every garbage request as an error with a traceback: make that one
-    warning line, at most one per second, saying how many were suppressed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last = float("-inf")
-        self.suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self.suppressed += 1
-            return False
-        self._last = now
-        exc = record.exc_info[1] if record.exc_info else None
-        detail = f" error={str(exc)!r:.200}" if exc is not None else ""
-        record.msg = f"event=http_bad_request{detail} what={record.getMessage()!r:.200} " \
-                     f"suppressed={self.suppressed}"
-        record.args = ()
-        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-        record.exc_info = record.exc_text = None
-        self.suppressed = 0
-        return True
-
-
-_aiohttp_log = logging.getLogger("raftkvd.http.protocol")
-_aiohttp_log.addFilter(_RateLimitedFilter())
-
-
-class HttpServer:
-    """The REST server of one node, on a thread and asyncio loop of its own.
-
-    `start()` returns once the address is bound (or raises HttpError); `stop()` closes the
-    listener, fails waiting requests, closes connections and joins the thread. The node's
-    status comes from polling the node itself (StatusPoller).
-    """
-
-    def __init__(
-        self,
-        address: str,
-        local_client: str,
-        max_value_bytes: int,
-        metrics: HttpMetrics | None = None,
-        *,
-        name: str = "raftkvd-http",
-    ) -> None:
-        self.address = address
-        self.local_client = local_client
-        self.max_value_bytes = max_value_bytes
-        self.metrics = metrics
-        self.name = name
-        self.port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-        if not self._started.wait(START_TIMEOUT_S):
-            raise HttpError(f"http server on {self.address} did not start within {START_TIMEOUT_S:g}s")
-        if self._error is not None:
-            self._thread.join()
-            raise HttpError(f"cannot serve http on {self.address}: {self._error}")
-
-    def stop(self) -> None:
-        loop, stop, thread = self._loop, self._stop, self._thread
-        if thread is None or not thread.is_alive() or loop is None or stop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(stop.set)
-        except RuntimeError:  # the loop already closed
-            return
-        thread.join(SHUTDOWN_TIMEOUT_S + 3.0)
-        if thread.is_alive():
-            log.warning("event=http_stop_timeout address=%s", self.address)
-
-    def _run(self) -> None:
-        loop = uvloop.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:  # report a failed start to start(); log a failed run
-            if not self._started.is_set():
-                self._error = exc
-            else:
-                log.exception("event=http_server_failed address=%s", self.address)
-        finally:
-            self._started.set()
-            loop.close()
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        ctx = zmq.Context()
-        forward = ForwardClient(ctx, self.local_client)
-        poller = StatusPoller(forward)
-        guards: dict[asyncio.BaseTransport, _ConnectionGuard] = {}
-        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes, guards)
-        runner = web.AppRunner(
-            api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            keepalive_timeout=IDLE_TIMEOUT_S, lingering_time=1.0, max_line_size=MAX_LINE_BYTES,
-            max_field_size=MAX_HEADER_FIELD_BYTES, max_headers=MAX_HEADERS, logger=_aiohttp_log,
-        )
-        server: asyncio.Server | None = None
-        try:
-            await runner.setup()
-            handlers = runner.server
-            assert handlers is not None
-            cap = connection_cap()
-
-            def protocol_factory() -> asyncio.BaseProtocol:
-                if len(handlers.connections) >= cap:
-                    return _Refuse()
-                return _ConnectionGuard(handlers(), guards, IDLE_TIMEOUT_S)
-
-            server = await _listen(loop, protocol_factory, self.address)
-            self.port = server.sockets[0].getsockname()[1]
-            self._started.set()
-            polling = asyncio.create_task(poller.run())
-            await self._stop.wait()
-            polling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await polling
-        finally:
-            if server is not None:
-                server.close()
-            forward.close()
-            await runner.cleanup()
-            ctx.destroy(linger=0)
-
-
-class StatusPoller:
-    """Keeps the node's latest status: asks the node every STATUS_POLL_S, and stamps each
-    answer with its arrival, so a node loop that stops answering ages into "stuck"."""
-
-    def __init__(self, forward: ForwardClient) -> None:
-        self.forward = forward
-        self.latest: Snapshot | None = None
-
-    async def run(self) -> None:
-        while True:
-            try:
-                reply = await self.forward.local_call({"op": protocol.Op.STATUS.value})
-            except Unavailable:
-                pass  # the snapshot ages; /health reports it once it is stale
-            else:
-                if reply.get("code") == Code.OK.value:
-                    self.latest = Snapshot(time.monotonic(), reply["status"])
-            await asyncio.sleep(STATUS_POLL_S)

@@ -1,0 +1,192 @@
+"""The HTTP server of one node: aiohttp on a uvloop of its own thread, in the node's HTTP
+process (process.py, worker.py), serving the REST API (rest.py) behind the connection
+guards (guards.py), with the node's status polled for /health and /ready.
+
+A slow or hostile HTTP client can cost the HTTP process time, never the Raft loop a turn.
+Requests in progress are bounded by the body timeout and the forwarder's deadline, and the
+forwarded requests in flight by forward.MAX_IN_FLIGHT (then 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import uvloop
+import zmq
+from aiohttp import web
+
+from raftkv import protocol
+from raftkv.protocol import Code
+from raftkvd.errors import RaftKVError, Unavailable
+from raftkvd.metrics import HttpMetrics, Snapshot
+
+from .forward import ForwardClient
+from .guards import IDLE_TIMEOUT_S, ConnectionGuard, Refuse, aiohttp_log, connection_cap
+from .rest import RestApi
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 2.0
+BIND_RETRY_S = 3.0
+START_TIMEOUT_S = 10.0
+MAX_LINE_BYTES = 8 * 1024
+MAX_HEADER_FIELD_BYTES = 8 * 1024
+MAX_HEADERS = 64
+STATUS_POLL_S = 0.1
+"""How often the server asks its node for a fresh status (for /health and /ready)."""
+
+
+class HttpError(RaftKVError):
+    """The REST server could not start (typically: its address is taken)."""
+
+
+async def _listen(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol],
+                  address: str) -> asyncio.Server:
+    """Bind `address`, waiting out a short EADDRINUSE: the HTTP process of this node's previous
+    run (killed with it) may still be closing its listener."""
+    host, port = split_address(address)
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """"HOST:PORT" (or "[V6]:PORT") -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class HttpServer:
+    """The REST server of one node, on a thread and asyncio loop of its own.
+
+    `start()` returns once the address is bound (or raises HttpError); `stop()` closes the
+    listener, fails waiting requests, closes connections and joins the thread. The node's
+    status comes from polling the node itself (StatusPoller).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        local_client: str,
+        max_value_bytes: int,
+        metrics: HttpMetrics | None = None,
+        *,
+        name: str = "raftkvd-http",
+    ) -> None:
+        self.address = address
+        self.local_client = local_client
+        self.max_value_bytes = max_value_bytes
+        self.metrics = metrics
+        self.name = name
+        self.port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        if not self._started.wait(START_TIMEOUT_S):
+            raise HttpError(f"http server on {self.address} did not start within {START_TIMEOUT_S:g}s")
+        if self._error is not None:
+            self._thread.join()
+            raise HttpError(f"cannot serve http on {self.address}: {self._error}")
+
+    def stop(self) -> None:
+        loop, stop, thread = self._loop, self._stop, self._thread
+        if thread is None or not thread.is_alive() or loop is None or stop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop already closed
+            return
+        thread.join(SHUTDOWN_TIMEOUT_S + 3.0)
+        if thread.is_alive():
+            log.warning("event=http_stop_timeout address=%s", self.address)
+
+    def _run(self) -> None:
+        loop = uvloop.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # report a failed start to start(); log a failed run
+            if not self._started.is_set():
+                self._error = exc
+            else:
+                log.exception("event=http_server_failed address=%s", self.address)
+        finally:
+            self._started.set()
+            loop.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        ctx = zmq.Context()
+        forward = ForwardClient(ctx, self.local_client)
+        poller = StatusPoller(forward)
+        guards: dict[asyncio.BaseTransport, ConnectionGuard] = {}
+        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes, guards)
+        runner = web.AppRunner(
+            api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            keepalive_timeout=IDLE_TIMEOUT_S, lingering_time=1.0, max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_HEADER_FIELD_BYTES, max_headers=MAX_HEADERS, logger=aiohttp_log,
+        )
+        server: asyncio.Server | None = None
+        try:
+            await runner.setup()
+            handlers = runner.server
+            assert handlers is not None
+            cap = connection_cap()
+
+            def protocol_factory() -> asyncio.BaseProtocol:
+                if len(handlers.connections) >= cap:
+                    return Refuse()
+                return ConnectionGuard(handlers(), guards, IDLE_TIMEOUT_S)
+
+            server = await _listen(loop, protocol_factory, self.address)
+            self.port = server.sockets[0].getsockname()[1]
+            self._started.set()
+            polling = asyncio.create_task(poller.run())
+            await self._stop.wait()
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
+        finally:
+            if server is not None:
+                server.close()
+            forward.close()
+            await runner.cleanup()
+            ctx.destroy(linger=0)
+
+
+class StatusPoller:
+    """Keeps the node's latest status: asks the node every STATUS_POLL_S, and stamps each
+    answer with its arrival, so a node loop that stops answering ages into "stuck"."""
+
+    def __init__(self, forward: ForwardClient) -> None:
+        self.forward = forward
+        self.latest: Snapshot | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                reply = await self.forward.local_call({"op": protocol.Op.STATUS.value})
+            except Unavailable:
+                pass  # the snapshot ages; /health reports it once it is stale
+            else:
+                if reply.get("code") == Code.OK.value:
+                    self.latest = Snapshot(time.monotonic(), reply["status"])
+            await asyncio.sleep(STATUS_POLL_S)

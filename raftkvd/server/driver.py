@@ -1,0 +1,153 @@
+"""The driver: turns each Ready of the consensus core into storage, transport and state-machine
+calls, in the order raftkvd/raft/API.md prescribes. The one implementation of that loop: the
+production node and the simulator both run it, each with its own parts behind the seams.
+
+Per Ready: leader replication and heartbeats leave first (thesis §10.2.1); then one write
+transaction holds the new entries, the hard state, a received snapshot, the applied entries
+and the applied index, durable before votes and acknowledgements leave (SPEC §7). Committed
+writes are answered inside that transaction, before its fsync: they are durable on a
+majority already, and a crash before the commit re-applies them identically. A transaction
+that only applies committed entries skips the final meta-page flush (`needs_durability`):
+a crash can at worst undo it, and the log redoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from ..errors import NoSpaceError
+from ..metrics import NodeMetrics
+from ..raft import RaftNode
+from ..raft.log import RaftLogError
+from ..raft.messages import EntryType, Message, MessageType, ReadState, Ready, StateRole
+from .seams import Batch, Clock, LogStore, PeerTransport, Result, StateMachine, Store
+
+log = logging.getLogger(__name__)
+
+MAX_READIES_PER_TURN = 8
+"""Readies handled per call of `process_ready`: bounds the latency of one loop turn."""
+COMPACTION_KEEP = 1000
+"""Entries kept behind a compaction so slightly lagging followers need no snapshot."""
+
+
+class ReadyListener(Protocol):
+    """What the rest of the replica learns from each Ready (requests, membership)."""
+
+    def role_changed(self, role: StateRole, leader: int) -> None: ...
+
+    def applied(self, entries: list, results: list[Result]) -> None: ...
+
+    def read_states(self, states: list[ReadState]) -> None: ...
+
+    def advanced(self, membership_changed: bool) -> None: ...
+
+
+def needs_durability(rd: Ready, durable_term_vote: tuple[int, int]) -> bool:
+    """Entries, a snapshot, a new term or vote must survive any crash before we act on
+    them. A commit index and applied entries need not: they are redone from the log."""
+    if rd.entries or rd.snapshot is not None:
+        return True
+    hs = rd.hard_state
+    return hs is not None and (hs.term, hs.vote) != durable_term_vote
+
+
+class Driver:
+    """Owns the core; not thread-safe (the node's loop, or the simulator, calls it)."""
+
+    def __init__(self, core: RaftNode, store: Store, logstore: LogStore, sm: StateMachine,
+                 transport: PeerTransport, listener: ReadyListener, metrics: NodeMetrics,
+                 clock: Clock, snapshot_threshold: int) -> None:
+        self.core = core
+        self.store = store
+        self.logstore = logstore
+        self.sm = sm
+        self.transport = transport
+        self.listener = listener
+        self.metrics = metrics
+        self.clock = clock
+        self.snapshot_threshold = snapshot_threshold
+        hard_state, _ = logstore.initial_state()
+        self._durable_term_vote = (hard_state.term, hard_state.vote)
+        self._seen_commit = core.status().commit
+        self.last_heard: dict[int, float] = {}
+        """When each peer was last heard from: whether a transfer target is alive."""
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def step(self, msg: Message) -> None:
+        self.last_heard[msg.frm] = now = self.clock()
+        if msg.type == MessageType.HEARTBEAT_RESP:
+            self.metrics.peer_rtt.heartbeat_answered(msg.frm, now)
+        try:
+            self.core.step(msg)
+        except RaftLogError as exc:  # a message contradicting committed state: drop it
+            log.error("node=%d event=message_rejected type=%s frm=%d error=%s",
+                      self.core.id, msg.type.name, msg.frm, exc)
+
+    def process_ready(self) -> None:
+        for _ in range(MAX_READIES_PER_TURN):
+            if not self.core.has_ready():
+                return
+            self._handle_ready(self.core.ready())
+
+    def compact_to_applied(self) -> int:
+        """Snapshot now: drop the log up to the applied index. Returns that index."""
+        applied = self.sm.applied_index()
+        with self.store.write() as batch:
+            self.logstore.compact(applied, batch=batch)
+        return applied
+
+    # ---- one Ready -----------------------------------------------------------------------------
+    def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self.listener.role_changed(rd.soft_state.role, rd.soft_state.leader)
+        self._send_all(rd.messages)
+        if rd.must_sync() or rd.committed_entries:
+            self._persist_and_apply(rd)
+        self._send_all(rd.persisted_messages)
+        if rd.hard_state is not None and rd.hard_state.commit > self._seen_commit:
+            self.metrics.proposals_committed.inc(rd.hard_state.commit - self._seen_commit)
+            self._seen_commit = rd.hard_state.commit
+        membership_changed = rd.snapshot is not None
+        if rd.committed_entries:
+            self.metrics.proposals_applied.inc(len(rd.committed_entries))
+            membership_changed |= any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries)
+        if rd.read_states:
+            self.listener.read_states(rd.read_states)
+        self.core.advance(rd)
+        self.listener.advanced(membership_changed)  # after advance: the core applies conf changes there
+
+    def _send_all(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if msg.type == MessageType.HEARTBEAT:
+                self.metrics.peer_rtt.heartbeat_sent(msg.to, self.clock())
+            if not self.transport.send(msg):
+                self.core.report_unreachable(msg.to)  # stop streaming into a full or dead link
+
+    def _persist_and_apply(self, rd: Ready) -> None:
+        started = time.perf_counter()
+        try:
+            with self.store.write(durable=needs_durability(rd, self._durable_term_vote)) as batch:
+                self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
+                if rd.snapshot is not None:
+                    self.sm.restore(rd.snapshot.data, batch=batch)
+                if rd.committed_entries:
+                    apply_started = time.perf_counter()
+                    results = self.sm.apply(rd.committed_entries, batch=batch)
+                    self.metrics.apply_txn.observe(time.perf_counter() - apply_started)
+                    self.listener.applied(rd.committed_entries, results)
+                    self._maybe_compact(rd.committed_entries[-1].index, batch)
+        except NoSpaceError:
+            # Nothing of this Ready reached disk; acknowledging it would lie. Stop cleanly
+            # (the supervisor restarts us) rather than run with memory ahead of disk.
+            log.critical("node=%d event=storage_full action=stopping", self.core.id)
+            raise
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+        self.metrics.log_fsync.observe(time.perf_counter() - started)
+
+    def _maybe_compact(self, applied: int, batch: Batch) -> None:
+        """Keep the log within snapshot_threshold + COMPACTION_KEEP entries."""
+        if applied - self.logstore.first_index() > self.snapshot_threshold + COMPACTION_KEEP:
+            self.logstore.compact(applied - COMPACTION_KEEP, batch=batch)
