@@ -5,10 +5,10 @@ Shared by the daemon (raftkvd.net.clientendpoint) and the client library (raftct
 two can never disagree about names.
 
 Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields}
-  put:    key, value                      -> revision
+  put:    key, value                      -> revision, index
   get:    key, consistency                -> value, revision       (NOT_FOUND if missing)
-  delete: key                             -> deleted (bool)
-  cas:    key, expected (str|None), value -> revision              (COMPARE_FAILED, with value)
+  delete: key                             -> deleted (bool), index
+  cas:    key, expected (str|None), value -> revision, index       (COMPARE_FAILED, with value)
   list:   prefix, limit, consistency      -> items: [[key, value], ...]
   status: (none)                          -> status: {...} (this node's view, see node status)
   cluster:(none)                          -> nodes: [status, ...] (every member, unreachable ones
@@ -22,6 +22,7 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   member_remove: node_id                  -> index
   metrics:(none)                          -> text (Prometheus exposition of the node process;
           the HTTP process serves it, with its own REST metrics, on /metrics)
+  (index: the log index of the write's entry, committed and applied when the answer left)
 Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
            "leader": str? (the leader's client endpoint), ...result fields}
 

@@ -5,6 +5,12 @@ send is non-blocking and a full or disconnected link simply drops the message
 (and counts it). High-water marks and IMMEDIATE bound the memory a dead or
 stalled peer can pin; inbound frames that fail to decode are counted and dropped
 so no peer can crash the node (SPEC §6, §7).
+
+A node may hear from a member it has no link to: one added while it was away, whose address
+it learns only from the entries it has yet to receive. It accepts that member's messages
+and answers over the connection they came on (the ROUTER routes to the sender's identity),
+so it can catch up from a leader it does not know yet. Such answers arrive on the DEALER
+that carried the request, which `recv_all` drains too.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class Transport:
         self.malformed_total = 0
         self.misrouted_total = 0
         self.unroutable_total = 0
+        self.unlinked_total = 0
+        """Messages from senders we have no link to (answered over their connection)."""
         self._ctx = ctx
         self._identity = str(node_id).encode()
         self._clock = clock
@@ -73,6 +81,8 @@ class Transport:
         router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         # A restarted peer reconnects with the same identity; it must replace the stale link.
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # An answer to a sender that is not connected fails at once (EHOSTUNREACH), counted.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
             router.bind(endpoint)
         except zmq.ZMQError:
@@ -129,8 +139,7 @@ class Transport:
         """Queue `msg` for its receiver without blocking; False when it was dropped."""
         dealer = self._dealers.get(msg.to)
         if dealer is None:
-            self.unroutable_total += 1
-            return False
+            return self._send_back(msg)
         stats = self._stats[msg.to]
         try:
             dealer.send(encode_message(msg), zmq.NOBLOCK)
@@ -138,6 +147,15 @@ class Transport:
             stats.send_failures += 1
             return False
         stats.sent += 1
+        return True
+
+    def _send_back(self, msg: Message) -> bool:
+        """No link to `msg.to`: answer over the connection it reached us on, if it did."""
+        try:
+            self._router.send_multipart([str(msg.to).encode(), encode_message(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH: not connected to us; EAGAIN: its queue is full
+            self.unroutable_total += 1
+            return False
         return True
 
     def recv_all(self, max_n: int) -> list[Message]:
@@ -151,14 +169,25 @@ class Transport:
             msg = self._accept(frames)
             if msg is not None:
                 received.append(msg)
+        for peer_id, dealer in self._dealers.items():
+            while len(received) < max_n:
+                try:
+                    frames = dealer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = self._accept([str(peer_id).encode(), *frames])
+                if msg is not None:
+                    received.append(msg)
         return received
 
     def _accept(self, frames: list[bytes]) -> Message | None:
         """The message in `frames` if it is well-formed and really meant for us.
 
         The ROUTER's identity frame is the sender's DEALER identity, so a peer
-        cannot speak in another node's name, and a removed node cannot disrupt
-        the cluster once its link is gone.
+        cannot speak in another node's name (CurveZMQ, SPEC §8, will bind that identity
+        to a member's key). Senders without a link are members added while we were
+        away, or removed ones: the core judges what they say (PreVote and CheckQuorum
+        keep a removed node from disrupting anyone).
         """
         if len(frames) != 2:
             self._reject_malformed(f"expected [identity, payload], got {len(frames)} frames")
@@ -169,15 +198,18 @@ class Transport:
         except FrameError as exc:
             self._reject_malformed(str(exc))
             return None
-        stats = self._stats.get(msg.frm)
-        if msg.to != self.node_id or stats is None or identity != str(msg.frm).encode():
+        if msg.to != self.node_id or identity != str(msg.frm).encode():
             self.misrouted_total += 1
             self._log_limited(
                 f"event=misrouted_message to={msg.to} frm={msg.frm} "
                 f"link={identity[:20]!r} misrouted_total={self.misrouted_total}"
             )
             return None
-        stats.received += 1
+        stats = self._stats.get(msg.frm)
+        if stats is None:
+            self.unlinked_total += 1
+        else:
+            stats.received += 1
         return msg
 
     def _reject_malformed(self, reason: str) -> None:

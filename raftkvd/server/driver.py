@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import NoSpaceError
 from ..metrics import NodeMetrics
 from ..raft import RaftNode
 from ..raft.log import RaftLogError
-from ..raft.messages import EntryType, Message, MessageType, ReadState, Ready, StateRole
+from ..raft.messages import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    StateRole,
+)
 from .seams import Batch, Clock, LogStore, PeerTransport, Result, StateMachine, Store
 
 log = logging.getLogger(__name__)
@@ -29,7 +40,7 @@ log = logging.getLogger(__name__)
 MAX_READIES_PER_TURN = 8
 """Readies handled per call of `process_ready`: bounds the latency of one loop turn."""
 COMPACTION_KEEP = 1000
-"""Entries kept behind a compaction so slightly lagging followers need no snapshot."""
+"""Entries kept behind an automatic compaction so slightly lagging followers need no snapshot."""
 
 
 class ReadyListener(Protocol):
@@ -39,7 +50,7 @@ class ReadyListener(Protocol):
 
     def applied(self, entries: list, results: list[Result]) -> None: ...
 
-    def read_states(self, states: list[ReadState]) -> None: ...
+    def reads_ready(self, states: list[ReadState]) -> None: ...
 
     def advanced(self, membership_changed: bool) -> None: ...
 
@@ -58,7 +69,9 @@ class Driver:
 
     def __init__(self, core: RaftNode, store: Store, logstore: LogStore, sm: StateMachine,
                  transport: PeerTransport, listener: ReadyListener, metrics: NodeMetrics,
-                 clock: Clock, snapshot_threshold: int) -> None:
+                 clock: Clock, compaction: Compaction | None,
+                 readies_per_turn: int = MAX_READIES_PER_TURN) -> None:
+        """`compaction`: the policy of automatic compaction (None: never)."""
         self.core = core
         self.store = store
         self.logstore = logstore
@@ -67,7 +80,8 @@ class Driver:
         self.listener = listener
         self.metrics = metrics
         self.clock = clock
-        self.snapshot_threshold = snapshot_threshold
+        self.compaction = compaction
+        self.readies_per_turn = readies_per_turn
         hard_state, _ = logstore.initial_state()
         self._durable_term_vote = (hard_state.term, hard_state.vote)
         self._seen_commit = core.status().commit
@@ -86,7 +100,7 @@ class Driver:
                       self.core.id, msg.type.name, msg.frm, exc)
 
     def process_ready(self) -> None:
-        for _ in range(MAX_READIES_PER_TURN):
+        for _ in range(self.readies_per_turn):
             if not self.core.has_ready():
                 return
             self._handle_ready(self.core.ready())
@@ -114,7 +128,7 @@ class Driver:
             self.metrics.proposals_applied.inc(len(rd.committed_entries))
             membership_changed |= any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries)
         if rd.read_states:
-            self.listener.read_states(rd.read_states)
+            self.listener.reads_ready(rd.read_states)
         self.core.advance(rd)
         self.listener.advanced(membership_changed)  # after advance: the core applies conf changes there
 
@@ -137,7 +151,7 @@ class Driver:
                     results = self.sm.apply(rd.committed_entries, batch=batch)
                     self.metrics.apply_txn.observe(time.perf_counter() - apply_started)
                     self.listener.applied(rd.committed_entries, results)
-                    self._maybe_compact(rd.committed_entries[-1].index, batch)
+                    self._maybe_compact(rd.committed_entries, batch)
         except NoSpaceError:
             # Nothing of this Ready reached disk; acknowledging it would lie. Stop cleanly
             # (the supervisor restarts us) rather than run with memory ahead of disk.
@@ -147,7 +161,38 @@ class Driver:
             self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         self.metrics.log_fsync.observe(time.perf_counter() - started)
 
-    def _maybe_compact(self, applied: int, batch: Batch) -> None:
-        """Keep the log within snapshot_threshold + COMPACTION_KEEP entries."""
-        if applied - self.logstore.first_index() > self.snapshot_threshold + COMPACTION_KEEP:
-            self.logstore.compact(applied - COMPACTION_KEEP, batch=batch)
+    def _maybe_compact(self, applied: list[Entry], batch: Batch) -> None:
+        if self.compaction is not None:
+            index = self.compaction.index(applied, self.logstore.first_index())
+            if index is not None:
+                self.logstore.compact(index, batch=batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """When the driver compacts the log, as it applies entries (in the same transaction)."""
+
+    threshold: int
+    """Keep the log within threshold + keep entries."""
+    keep: int = COMPACTION_KEEP
+
+    def index(self, applied: list[Entry], first: int) -> int | None:
+        """Where to compact after applying `applied` to a log that starts at `first`, if at all.
+
+        At once when a learner is added to a log that still starts at index 1: the founding
+        membership is not in the log (it came from the cluster file), so a newcomer must start
+        from a snapshot, which carries it. Every node does this as it applies the change,
+        before its core knows the learner, so whichever node leads later never sends the
+        newcomer the log from index 1.
+        """
+        last = applied[-1].index
+        if first <= 1 and any(_adds_learner(entry) for entry in applied):
+            return last
+        if last - first > self.threshold + self.keep:
+            return last - self.keep
+        return None
+
+
+def _adds_learner(entry: Entry) -> bool:
+    return (entry.type == EntryType.CONF_CHANGE
+            and ConfChange.decode(entry.data).type == ConfChangeType.ADD_LEARNER)

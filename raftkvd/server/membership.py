@@ -38,7 +38,7 @@ class Membership:
 
     def __init__(self, core: RaftNode, sm: StateMachine, transport: PeerTransport,
                  writes: Writes, replies: Replies, founders: Addresses,
-                 compact: Callable[[], int], redirect: Callable[[Request], None]) -> None:
+                 redirect: Callable[[Request], None]) -> None:
         """`founders`: the cluster file's nodes, used only for what the log has not told yet
         (a joining node's first contacts)."""
         self.core = core
@@ -47,7 +47,6 @@ class Membership:
         self.writes = writes
         self.replies = replies
         self.founders = founders
-        self.compact = compact
         self.redirect = redirect
         self.addresses: Addresses = {}
         self.refresh()
@@ -100,10 +99,6 @@ class Membership:
         if conflict:
             self._refuse(request, conflict)
             return
-        if self.core.status().first_index <= 1:
-            # The founding membership is not in the log (it came from the cluster file):
-            # compact, so the new node starts from a snapshot, which carries it.
-            self.compact()
         context = msgpack.packb({k: body[k] for k in ADDRESS_FIELDS})
         self._propose(request, ConfChange(ConfChangeType.ADD_LEARNER, node_id, context))
 

@@ -20,7 +20,7 @@ from ..net.clientendpoint import Request
 from ..raft import RaftConfig, RaftNode
 from ..raft.messages import NONE, Entry, Message, ReadState, StateRole
 from . import status
-from .driver import Driver
+from .driver import COMPACTION_KEEP, MAX_READIES_PER_TURN, Compaction, Driver
 from .membership import Addresses, Membership
 from .reads import Reads
 from .seams import Clock, LogStore, PeerTransport, Replies, Result, StateMachine, Store
@@ -39,6 +39,7 @@ class Replica:
     def __init__(self, config: RaftConfig, *, store: Store, logstore: LogStore, sm: StateMachine,
                  transport: PeerTransport, replies: Replies, clock: Clock, metrics: NodeMetrics,
                  founders: Addresses, snapshot_threshold: int, silent_after_s: float,
+                 compaction_keep: int = COMPACTION_KEEP, readies_per_turn: int = MAX_READIES_PER_TURN,
                  rng: random.Random | None = None, reads: type[Reads] = Reads) -> None:
         """`reads`: the read path; tests pass a deliberately broken one to prove a checker."""
         self.id = config.id
@@ -49,13 +50,13 @@ class Replica:
         self.metrics = metrics
         self.core = RaftNode(config, logstore, rng or random.Random())
         self.driver = Driver(self.core, store, logstore, sm, transport, self, metrics, clock,
-                             snapshot_threshold)
+                             Compaction(snapshot_threshold, compaction_keep), readies_per_turn)
         self.writes = Writes(self.core, replies, metrics)
         self.reads = reads(self.core, sm, replies, self.redirect)
         self.transfers = Transfers(self.core, replies, clock, self.driver.last_heard, silent_after_s,
                                    self.redirect)
         self.membership = Membership(self.core, sm, transport, self.writes, replies, founders,
-                                     self.driver.compact_to_applied, self.redirect)
+                                     self.redirect)
         self.leader_changes = 0
         """New leaders seen since start (etcd's leader_changes_seen: not passes through none)."""
         self.no_space = False
@@ -143,7 +144,7 @@ class Replica:
     def applied(self, entries: list[Entry], results: list[Result]) -> None:
         self.writes.applied(entries, results)
 
-    def read_states(self, states: list[ReadState]) -> None:
+    def reads_ready(self, states: list[ReadState]) -> None:
         self.reads.read_states(states)
 
     def advanced(self, membership_changed: bool) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raftkv.protocol import MEMBER_OPS, Code
+from raftkv.protocol import Code
 
 from ..metrics import NodeMetrics
 from ..net.clientendpoint import Request
@@ -61,10 +61,8 @@ class Writes:
                 continue
             if pending.term != entry.term:
                 self.fail(pending.request, Code.UNAVAILABLE, "leadership changed; retry")
-            elif pending.request.op in MEMBER_OPS:
-                self.replies.respond(pending.request, {**result, "index": entry.index})
             else:
-                self.replies.respond(pending.request, result)
+                self.replies.respond(pending.request, {**result, "index": entry.index})
 
     def take_all(self) -> list[Request]:
         """Leadership is gone: hand back every pending request, to be redirected."""

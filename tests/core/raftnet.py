@@ -1,8 +1,9 @@
 """A tiny hand-driven network of RaftNodes for unit tests (etcd raft_test.go `network` style).
 
-Nothing moves unless a test says so: `handle` runs a node's Readies through the API.md driver
-loop (send, persist, send after persist, apply, advance) and returns what it sent; `Net`
-delivers those messages until quiet, optionally cutting or dropping links.
+Nothing moves unless a test says so: `handle` runs a node's Readies through the daemon's own
+driver (raftkvd/server/driver.py: send, persist, send after persist, apply, advance) with
+in-memory parts, and returns what it sent; `Net` delivers those messages until quiet,
+optionally cutting or dropping links.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ import dataclasses
 import random
 from collections.abc import Callable, Iterable
 
+from sim.twins import Batch, MemoryStore
+
+from raftkvd.metrics import NodeMetrics
 from raftkvd.raft import MemoryStorage, RaftConfig, RaftNode
 from raftkvd.raft.messages import (
     ConfChange,
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     ReadState,
+    Snapshot,
     StateRole,
     apply_conf_change,
 )
+from raftkvd.server.driver import Driver
 
 MT = MessageType
 IDS3 = (1, 2, 3)
@@ -58,46 +65,130 @@ def storage_with(
     return storage
 
 
+class _RecordingApp:
+    """The state machine of a core test: it keeps the applied entries and the membership."""
+
+    def __init__(self, storage: MemoryStorage, conf: ConfState) -> None:
+        self.storage = storage
+        self.conf = conf
+        self.entries: list[Entry] = []
+        self.applied = storage.snapshot().meta.index
+
+    def apply(self, entries: list[Entry], batch: Batch | None = None) -> list[dict]:
+        for entry in entries:
+            self.entries.append(entry)
+            self.applied = entry.index
+            if entry.type == EntryType.CONF_CHANGE:
+                self.conf = apply_conf_change(self.conf, ConfChange.decode(entry.data))
+                self.storage.set_conf_state(self.conf)
+        return [{} for _ in entries]
+
+    def restore(self, data: bytes, batch: Batch | None = None) -> None:
+        snap = self.storage.snapshot()
+        self.applied, self.conf = snap.meta.index, snap.meta.conf
+
+    def applied_index(self) -> int:
+        return self.applied
+
+    def conf_state(self) -> ConfState:
+        return self.conf
+
+
+class _MemoryLog:
+    """The given MemoryStorage, written the way the driver writes a Ready."""
+
+    def __init__(self, storage: MemoryStorage) -> None:
+        self.storage = storage
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self.storage.initial_state()
+
+    def first_index(self) -> int:
+        return self.storage.first_index()
+
+    def save(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None,
+             batch: Batch | None = None) -> None:
+        if snapshot is not None:
+            self.storage.apply_snapshot(snapshot)
+        self.storage.append(entries)
+        if hard_state is not None:
+            self.storage.set_hard_state(hard_state)
+
+    def compact(self, index: int, batch: Batch | None = None) -> None:
+        raise AssertionError("core tests compact their MemoryStorage themselves (storage.compact)")
+
+
+class _Outbox:
+    """The transport: what the node sends, in the order it leaves."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def send(self, msg: Message) -> bool:
+        self.sent.append(msg)
+        return True
+
+
+class _Listener:
+    """What the driver tells about each Ready: core tests keep only the read states."""
+
+    def __init__(self) -> None:
+        self.read_states: list[ReadState] = []
+
+    def role_changed(self, role: StateRole, leader: int) -> None:
+        pass
+
+    def applied(self, entries: list[Entry], results: list[dict]) -> None:
+        pass
+
+    def reads_ready(self, states: list[ReadState]) -> None:
+        self.read_states.extend(states)
+
+    def advanced(self, membership_changed: bool) -> None:
+        pass
+
+
 class Driven:
     """One node plus what its driver persisted and applied."""
 
     def __init__(self, node: RaftNode, storage: MemoryStorage) -> None:
-        self.node = node
         self.storage = storage
-        self.applied: list[Entry] = []
-        self.read_states: list[ReadState] = []
-        self.conf = storage.initial_state()[1] or ConfState(frozenset(node.cfg.peers))
+        self.app = _RecordingApp(storage, storage.initial_state()[1] or ConfState(frozenset(node.cfg.peers)))
+        self.listener = _Listener()
+        self._attach(node)
+
+    def _attach(self, node: RaftNode) -> None:
+        self.node = node
+        self.outbox = _Outbox()
+        self.driver = Driver(node, MemoryStore(), _MemoryLog(self.storage), self.app, self.outbox,
+                             self.listener, NodeMetrics(lambda: None), clock=lambda: 0.0,
+                             compaction=None)
+
+    @property
+    def applied(self) -> list[Entry]:
+        return self.app.entries
+
+    @property
+    def conf(self) -> ConfState:
+        return self.app.conf
+
+    @property
+    def read_states(self) -> list[ReadState]:
+        return self.listener.read_states
 
     def handle(self) -> list[Message]:
-        """Every pending Ready through the API.md loop; the messages in the order they left."""
-        node, storage = self.node, self.storage
-        out: list[Message] = []
-        while node.has_ready():
-            rd = node.ready()
-            out.extend(rd.messages)
-            if rd.snapshot is not None:
-                storage.apply_snapshot(rd.snapshot)
-                self.conf = rd.snapshot.meta.conf
-            storage.append(rd.entries)
-            if rd.hard_state is not None:
-                storage.set_hard_state(rd.hard_state)
-            out.extend(rd.persisted_messages)
-            for entry in rd.committed_entries:
-                self.applied.append(entry)
-                if entry.type == EntryType.CONF_CHANGE:
-                    self.conf = apply_conf_change(self.conf, ConfChange.decode(entry.data))
-                    storage.set_conf_state(self.conf)
-            self.read_states.extend(rd.read_states)
-            node.advance(rd)
-        return out
+        """Every pending Ready through the driver; the messages in the order they left."""
+        while self.node.has_ready():
+            self.driver.process_ready()
+        sent, self.outbox.sent = self.outbox.sent, []
+        return sent
 
     def restart(self, seed: int = 0) -> None:
         """A crash and restart: a new RaftNode from what was persisted."""
         cfg = self.node.cfg
-        applied = self.applied[-1].index if self.applied else 0
-        applied = max(applied, self.storage.snapshot().meta.index)
+        applied = max(self.app.applied, self.storage.snapshot().meta.index)
         new_cfg = dataclasses.replace(cfg, applied=applied)
-        self.node = RaftNode(new_cfg, self.storage, random.Random(seed))
+        self._attach(RaftNode(new_cfg, self.storage, random.Random(seed)))
 
 
 class Net:

@@ -1,4 +1,5 @@
-"""Safety invariants of Raft, checked by the simulator after every event (paper Figure 3).
+"""Safety invariants of Raft and of the key-value service, checked by the simulator after every
+event (paper Figure 3, and what a client may observe).
 
 The checker keeps a global, append-only view of what the cluster has ever said:
 - `leaders`: the leader of each term (Election Safety);
@@ -6,9 +7,11 @@ The checker keeps a global, append-only view of what the cluster has ever said:
   so that two logs holding the same (index, term) agree on the whole prefix (Log Matching);
 - `commit_term`/`commit_entry_term`: every index known committed, and the term in which it
   was first reported committed, so later leaders must hold it (Leader Completeness);
-- `history`/`values`: the one sequence every node's applied entries must be a prefix of
-  (State Machine Safety);
-- `acked`: client writes reported committed, which must never be lost.
+- `history`: the one entry every node applies at each index, and `states`: the digest of
+  the key-value state after each index some node stopped at (State Machine Safety);
+- from the history, the writes that took effect (the first (session, seq) of each client
+  write, as the state machine's once-per-session rule has it) and each key's changes, against
+  which every acknowledged write and every linearizable read is judged.
 Each check costs O(1) or O(what changed), so it can run after every event.
 """
 
@@ -17,14 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from raftkvd.raft.messages import Entry, EntryType, ReadState, Snapshot, StateRole
+from raftkv.protocol import Op
+from raftkvd.kv import commands
+from raftkvd.raft.messages import Entry, EntryType, HardState, Snapshot, StateRole
 
 if TYPE_CHECKING:
-    from .cluster import PendingRead, SimNode
+    from .cluster import SimNode
 
 
 class SafetyViolation(AssertionError):
-    """A Raft safety property failed; the message names the property and the evidence."""
+    """A safety property failed; the message names the property and the evidence."""
 
 
 @dataclass(slots=True)
@@ -35,13 +40,23 @@ class NodeObservation:
     applied: int = 0
     leader_term: int = 0
     durable_commit: int = 0
-    durable_applied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A client heard its write committed: the answer named the entry's index."""
+
+    session: str
+    seq: int
+    index: int
+    key: str
+    value: str | None
 
 
 class Checker:
     direct_apply_checks = True
-    """Also check applied <= commit directly; tests switch it off to show that State Machine
-    Safety alone catches a core that applies before commit."""
+    """Also check applied <= commit directly; tests switch it off to show that the client-side
+    checks alone catch a core that applies before commit."""
 
     def __init__(self, nodes: dict[int, SimNode]) -> None:
         self.nodes = nodes
@@ -51,11 +66,16 @@ class Checker:
         self.commit_entry_term: list[int] = [0]
         self.commit_term: list[int] = [0]
         self.history: list[tuple[int, int, bytes] | None] = [None]
-        self.values: list[bytes] = []
-        self.value_pos: dict[bytes, int] = {}
-        self.acked: list[tuple[bytes, int]] = []
-        self.acked_max_index = 0
-        self.acked_max_pos = -1
+        self.states: dict[int, str] = {}
+        self.session_seq: dict[str, int] = {}
+        self.effective: dict[tuple[str, int], int] = {}
+        self.key_changes: dict[str, list[tuple[int, str | None]]] = {}
+        self.acks: list[Ack] = []
+        self.pending_acks: dict[int, list[Ack]] = {}
+        """Acknowledged writes at indexes no node has applied yet."""
+        self.acked_floor = 0
+        """The highest index of an acknowledged write: every read begun later must see it."""
+        self.reads_checked = 0
         self.obs: dict[int, NodeObservation] = {}
         self.checks = 0
 
@@ -159,7 +179,7 @@ class Checker:
         if compacted > 0 and compacted < len(entry_terms) and log.term(compacted) != entry_terms[compacted]:
             self.fail("Leader Completeness", f"leader {node.id}'s snapshot at {compacted} is not committed")
 
-    # ---- persistence ----------------------------------------------------------------------
+    # ---- persistence (told by the node's storage twins as writes commit) -------------------
     def on_persist(self, node: SimNode, entries: list[Entry]) -> None:
         """Log Matching, inductively: each (index, term) is one entry with one predecessor term."""
         storage = node.storage
@@ -169,7 +189,7 @@ class Checker:
         for entry in entries:
             if entry.index < first:
                 continue
-            if prev_term is None:
+            if prev_term is None:  # the entry before the first appended one was not touched
                 prev_term = storage.term(entry.index - 1)
             key = (entry.index, entry.term)
             value = (int(entry.type), entry.data, prev_term)
@@ -186,36 +206,38 @@ class Checker:
         if storage.last_index() + 1 - storage.first_index() != len(storage.ents) - 1:
             self.fail("storage", f"node {node.id} storage is not contiguous")
 
-    def on_hard_state(self, node: SimNode, commit: int) -> None:
+    def on_hard_state(self, node: SimNode, hard_state: HardState) -> None:
+        """Commits are recorded as they become durable too: the same write may compact the
+        log past them (the driver's compaction), after which their terms cannot be read."""
         obs = self.observation(node.id)
-        if commit < obs.durable_commit:
-            self.fail(
-                "commit index decreased", f"node {node.id} persisted commit {commit} < {obs.durable_commit}"
-            )
-        obs.durable_commit = commit
+        if hard_state.commit < obs.durable_commit:
+            self.fail("commit index decreased",
+                      f"node {node.id} persisted commit {hard_state.commit} < {obs.durable_commit}")
+        obs.durable_commit = hard_state.commit
+        if node.raft is not None and hard_state.commit > obs.commit:
+            self._record_commits(node, obs.commit, hard_state.commit)
+            obs.commit = hard_state.commit
 
-    def on_restore(self, node: SimNode, snap: Snapshot, values: list[bytes]) -> None:
-        """A snapshot carries an applied sequence: it must be a prefix of the one history."""
+    def on_restore(self, node: SimNode, snap: Snapshot, digest: str) -> None:
+        """A snapshot is the state after a committed index: the one every node had there."""
         index = snap.meta.index
-        if index < len(self.commit_entry_term) and self.commit_entry_term[index] != snap.meta.term:
+        if index >= len(self.commit_entry_term):
+            self.fail("State Machine Safety", f"node {node.id} installs an uncommitted snapshot at {index}")
+        if self.commit_entry_term[index] != snap.meta.term:
             self.fail(
                 "State Machine Safety",
                 f"node {node.id} installs a snapshot at ({index}, term {snap.meta.term}) but "
                 f"({index}, term {self.commit_entry_term[index]}) is committed",
             )
-        if index >= len(self.commit_entry_term):
-            self.fail("State Machine Safety", f"node {node.id} installs an uncommitted snapshot at {index}")
-        if values != self.values[: len(values)]:
-            self.fail("State Machine Safety", f"node {node.id} restores a sequence that is not a prefix")
+        self.on_state(node, index, digest)
 
     # ---- applying ---------------------------------------------------------------------------
-    def on_apply(self, node: SimNode, entry: Entry, position: int) -> None:
+    def on_apply(self, node: SimNode, entry: Entry, applied_before: int) -> None:
         """State Machine Safety: the node applies, in order, the one entry the history has there."""
         raft = node.raft
-        assert raft is not None
-        if entry.index != node.app.applied + 1:
-            self.fail("apply order", f"node {node.id} applies {entry.index} after {node.app.applied}")
-        if entry.index > raft.log.committed and self.direct_apply_checks:
+        if entry.index != applied_before + 1:
+            self.fail("apply order", f"node {node.id} applies {entry.index} after {applied_before}")
+        if raft is not None and entry.index > raft.log.committed and self.direct_apply_checks:
             self.fail(
                 "apply before commit", f"node {node.id} applies {entry.index} > commit {raft.log.committed}"
             )
@@ -229,45 +251,93 @@ class Checker:
                 )
         elif entry.index == len(history):
             history.append(record)
+            self._record_effect(entry)
+            for ack in self.pending_acks.pop(entry.index, ()):
+                self._check_ack(ack)
         else:
             self.fail("State Machine Safety", f"node {node.id} applies {entry.index} past the history")
-        if entry.type == EntryType.NORMAL and entry.data:
-            values = self.values
-            if position < len(values):
-                if values[position] != entry.data:
-                    self.fail(
-                        "State Machine Safety",
-                        f"node {node.id} applies value {entry.data!r} at position {position}; "
-                        f"history has {values[position]!r}",
-                    )
-            elif position == len(values):
-                values.append(entry.data)
-                self.value_pos[entry.data] = position
-            else:
-                self.fail("State Machine Safety", f"node {node.id} skips values before {position}")
 
-    def on_ack(self, value: bytes, index: int) -> None:
-        """A client heard `value` committed at `index`."""
-        self.acked.append((value, index))
-        self.acked_max_index = max(self.acked_max_index, index)
-        self.acked_max_pos = max(self.acked_max_pos, self.value_pos[value])
+    def on_state(self, node: SimNode, index: int, digest: str) -> None:
+        """Replicas that applied the same entries hold the same key-value state."""
+        known = self.states.setdefault(index, digest)
+        if known != digest:
+            self.fail("State Machine Safety", f"node {node.id}'s state after index {index} differs "
+                                              "from another node's state there")
 
-    def on_read(self, node: SimNode, rs: ReadState, read: PendingRead) -> None:
-        """Linearizable read (thesis §6.4): the read index covers every write acknowledged before the
-        read was issued, and the state served includes them."""
-        if rs.index < read.acked_max_index:
-            self.fail(
-                "ReadIndex",
-                f"node {node.id} read {rs.context!r} at index {rs.index}, but index "
-                f"{read.acked_max_index} was acknowledged before the read was issued",
-            )
-        values = node.app.values
-        pos = read.acked_max_pos
-        if pos >= 0 and (len(values) <= pos or values[pos] != self.values[pos]):
-            self.fail(
-                "ReadIndex",
-                f"node {node.id} served read {rs.context!r} without acknowledged write {self.values[pos]!r}",
-            )
+    def _record_effect(self, entry: Entry) -> None:
+        """The history grows in index order: replay the state machine's once-per-session rule
+        to know which client writes took effect, and how each key changed."""
+        if entry.type != EntryType.NORMAL or not entry.data:
+            return
+        cmd = commands.decode(entry.data)
+        if cmd is None or not cmd.tracked or cmd.seq <= self.session_seq.get(cmd.session, 0):
+            return  # malformed, or a retry (or a stale copy) of a write that already ran
+        self.session_seq[cmd.session] = cmd.seq
+        if cmd.error():
+            return
+        self.effective[(cmd.session, cmd.seq)] = entry.index
+        if cmd.op == Op.PUT:
+            self.key_changes.setdefault(cmd.key, []).append((entry.index, cmd.value))
+        elif cmd.op == Op.DELETE:
+            self.key_changes.setdefault(cmd.key, []).append((entry.index, None))
+        else:
+            self.fail("checker", f"the simulated clients send no {cmd.op!r} (index {entry.index})")
+
+    # ---- what clients heard --------------------------------------------------------------------
+    def on_ack(self, ack: Ack) -> None:
+        """A client heard its write committed at `ack.index`; reads begun later must see it.
+        The entry there must be that write: checked now, or when the history reaches it."""
+        self.acks.append(ack)
+        self.acked_floor = max(self.acked_floor, ack.index)
+        if ack.index < len(self.history):
+            self._check_ack(ack)
+        else:
+            self.pending_acks.setdefault(ack.index, []).append(ack)
+
+    def _check_ack(self, ack: Ack) -> None:
+        record = self.history[ack.index] if ack.index < len(self.history) else None
+        cmd = commands.decode(record[2]) if record is not None and record[2] else None
+        if cmd is None or (cmd.session, cmd.seq) != (ack.session, ack.seq):
+            self.fail("acknowledged write lost",
+                      f"{ack} answered as committed, but index {ack.index} holds {record!r}")
+
+    def on_read(self, node_id: int, key: str, value: str | None, floor: int) -> None:
+        """A linearizable read (thesis §6.4) returns the key's state at some index at or past
+        every write acknowledged before the read began (`floor`); here is the history to say."""
+        self.reads_checked += 1
+        changes = self.key_changes.get(key, [])
+        at_floor = None
+        for index, changed in changes:
+            if index > floor:
+                if changed == value:
+                    return  # a later state, committed by the time the read was served
+                continue
+            at_floor = changed
+        if at_floor != value:
+            self.fail("linearizable read",
+                      f"node {node_id} read {key}={value!r}, but the key was {at_floor!r} after index "
+                      f"{floor}, acknowledged before the read began, and never {value!r} after that")
+
+    def ensure_acks_in_history(self, final: dict[int, dict[str, str]], applied: dict[int, int]) -> None:
+        """Every acknowledged write is in the log where its answer said, took effect, and each
+        node's final state is the history's (`final`: node -> its keys and values)."""
+        for ack in self.acks:
+            self._check_ack(ack)
+            if (ack.session, ack.seq) not in self.effective:
+                self.fail("acknowledged write lost", f"{ack} never took effect")
+        for node_id, kv in final.items():
+            expected: dict[str, str] = {}
+            for key, changes in self.key_changes.items():
+                value = None
+                for index, changed in changes:
+                    if index <= applied[node_id]:
+                        value = changed
+                if value is not None:
+                    expected[key] = value
+            if kv != expected:
+                self.fail("acknowledged write lost",
+                          f"node {node_id}'s final state {sorted(kv.items())[:5]}... differs from the "
+                          f"history's {sorted(expected.items())[:5]}...")
 
     # ---- crash and restart ------------------------------------------------------------------
     def on_crash(self, node: SimNode) -> None:
@@ -282,15 +352,11 @@ class Checker:
         assert raft is not None
         obs = self.observation(node.id)
         hs = node.storage.hard_state
-        if node.app.applied > max(hs.commit, node.storage.first_index() - 1):
-            self.fail(
-                "restart", f"node {node.id} applied {node.app.applied} beyond durable commit {hs.commit}"
-            )
-        if raft.log.applied != node.app.applied:
-            self.fail(
-                "restart",
-                f"node {node.id} restarted at applied {raft.log.applied}, durable {node.app.applied}",
-            )
+        applied = node.kv.applied_index()
+        if applied > max(hs.commit, node.storage.first_index() - 1):
+            self.fail("restart", f"node {node.id} applied {applied} beyond durable commit {hs.commit}")
+        if raft.log.applied != applied:
+            self.fail("restart", f"node {node.id} restarted at applied {raft.log.applied}, durable {applied}")
         self._record_commits(node, 0, raft.log.committed)
         obs.commit = raft.log.committed
         obs.applied = raft.log.applied

@@ -1,11 +1,12 @@
-"""A deterministic Raft cluster in one process (after hashicorp/raft testing.go and etcd raft_test.go).
+"""A deterministic raftkv cluster in one process (after hashicorp/raft testing.go and etcd raft_test.go).
 
-Everything random comes from the seed: the network's drops, duplicates and delays, every
-node's election timeouts, and whatever drives the cluster (tests/sim/workload.py). Time is a
-virtual tick counter. Each node is driven exactly as raftkvd/raft/API.md prescribes. Its
-durable state is a MemoryStorage plus the application state (applied value sequence, applied
-index, membership) that the real daemon keeps in one LMDB transaction; a crash keeps that
-and loses everything else, a restart builds a new RaftNode from it.
+Every node is the daemon's own replica (raftkvd/server/replica.py: the core, the driver, the
+request handlers, membership administration), with in-memory twins of its storage, transport
+and client endpoint (twins.py). Everything random comes from the seed: the network's drops,
+duplicates and delays, every node's election timeouts, and whatever drives the cluster
+(tests/sim/workload.py). Time is a virtual tick counter, and the replicas' clock reads it.
+A crash keeps a node's durable twins and loses everything else; a restart builds a new
+replica from them, as the daemon does from LMDB.
 """
 
 from __future__ import annotations
@@ -15,33 +16,53 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from raftkvd.raft import MemoryStorage, ProposalDropped, RaftConfig, RaftNode
+from raftkv.protocol import Code, Op
+from raftkvd.kv import commands
+from raftkvd.metrics import NodeMetrics
+from raftkvd.net.clientendpoint import Request
+from raftkvd.raft import RaftConfig
 from raftkvd.raft.messages import (
     ConfChange,
     ConfChangeType,
     ConfState,
+    Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
-    ReadState,
-    Ready,
+    Snapshot,
     StateRole,
-    apply_conf_change,
+)
+from raftkvd.server.replica import Replica
+
+from .checker import Ack, Checker, SafetyViolation
+from .clients import Clients, Outcome
+from .twins import (
+    CollectingReplies,
+    CollectingTransport,
+    CrashPoint,
+    MemoryKV,
+    MemoryLogStore,
+    MemoryStore,
+    SimCrash,
 )
 
-from .checker import Checker, SafetyViolation
-
 CRASH_CLEAN = "clean"
-CRASH_BEFORE_PERSIST = "before-persist"
+CRASH_BEFORE_PERSIST = CrashPoint.BEFORE_WRITE
 """Crash after sending a Ready's early messages but before its write: thesis §10.2.1's window."""
-CRASH_BEFORE_APPLY = "before-apply"
-"""Crash after the write and the acknowledgements, before applying the committed entries."""
+CRASH_MID_WRITE = CrashPoint.BEFORE_COMMIT
+"""Crash inside the write, after committed writes were answered, before it committed."""
+CRASH_AFTER_PERSIST = CrashPoint.AFTER_COMMIT
+"""Crash after the write, before the acknowledgements left and before the core advanced."""
 CRASH_WAIT_TICKS = 30
 """A crash waiting for a Ready to strike in falls back to a clean crash after this long."""
 MAX_EVENTS_PER_TICK = 200_000
-SNAPSHOT_SEPARATOR = b","
 TRACE_LEN = 60
+TICK_S = 0.01
+"""Seconds per tick for the replicas' clock (the daemon ticks every 10 ms)."""
+SCENARIO_CLIENT = "scenario"
 
 
 class LivenessFailure(AssertionError):
@@ -62,42 +83,6 @@ class NetFaults:
 
 
 @dataclass
-class AppState:
-    """The durable application state, written atomically with the applied index."""
-
-    values: list[bytes]
-    applied: int
-    conf: ConfState
-
-
-@dataclass
-class PendingWrite:
-    value: bytes
-    node: int
-    incarnation: int
-    index: int
-    issued: int
-
-
-@dataclass
-class PendingRead:
-    ctx: bytes
-    node: int
-    incarnation: int
-    issued: int
-    acked_max_index: int
-    acked_max_pos: int
-
-
-def encode_values(values: list[bytes]) -> bytes:
-    return SNAPSHOT_SEPARATOR.join(values)
-
-
-def decode_values(data: bytes) -> list[bytes]:
-    return data.split(SNAPSHOT_SEPARATOR) if data else []
-
-
-@dataclass
 class RaftKnobs:
     election_tick: int = 10
     heartbeat_tick: int = 1
@@ -106,50 +91,103 @@ class RaftKnobs:
     max_apply_bytes: int = 8 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    snapshot_threshold: int = 1 << 30
+    """Automatic compaction (the driver's) once this many entries are applied past the log's start."""
+    compaction_keep: int = 1000
+    readies_per_turn: int = 8
+    """Readies a replica handles per loop turn: fewer means applying lags committing longer."""
+
+
+def addresses(node_id: int) -> dict[str, str]:
+    """A node's made-up addresses: distinct per node, as membership administration requires."""
+    return {"raft": f"tcp://n{node_id}:1", "client": f"tcp://n{node_id}:2", "http": f"n{node_id}:3"}
 
 
 class SimNode:
-    """One server: durable state that survives crashes, and the RaftNode while it is up."""
+    """One server: durable twins that survive crashes, and the replica while it is up."""
 
-    def __init__(self, node_id: int, peers: tuple[int, ...], knobs: RaftKnobs, seed: int) -> None:
+    def __init__(self, cluster: SimCluster, node_id: int, founders: tuple[int, ...],
+                 bootstrap: bool) -> None:
         self.id = node_id
-        self.peers = peers
-        self.knobs = knobs
-        self.storage = MemoryStorage()
-        self.app = AppState([], 0, ConfState(frozenset(peers)))
-        if peers:
-            self.storage.set_conf_state(self.app.conf)
-        self.rng = random.Random(seed * 7919 + node_id)
-        self.raft: RaftNode | None = None
+        self.cluster = cluster
+        self.founders = {i: addresses(i) for i in founders}
+        self.kv = MemoryKV(probe=self)
+        self.logstore = MemoryLogStore(self.kv, probe=self)
+        self.store = MemoryStore()
+        if bootstrap:
+            self.kv.bootstrap(ConfState(frozenset(founders)), self.founders)
+        self.rng = random.Random(cluster.seed * 7919 + node_id)
+        self.replica: Replica | None = None
         self.incarnation = 0
         self.crash_mode: str | None = None
         self.crash_deadline = 0
-        self.read_states: list[ReadState] = []
-        self.proposals: dict[int, PendingWrite] = {}
         self.tick_rate = 1.0
         self.tick_credit = 0.0
         self.removed = False
 
     @property
     def up(self) -> bool:
-        return self.raft is not None
+        return self.replica is not None
+
+    @property
+    def raft(self):  # noqa: ANN201 - the RaftNode, or None while down
+        return self.replica.core if self.replica is not None else None
+
+    @property
+    def storage(self):  # noqa: ANN201 - the durable log (a MemoryStorage)
+        return self.logstore.mem
+
+    @property
+    def applied(self) -> int:
+        return self.kv.applied_index()
+
+    @property
+    def conf(self) -> ConfState:
+        return self.kv.conf_state()
 
     def start(self) -> None:
-        k = self.knobs
+        k = self.cluster.knobs
         config = RaftConfig(
-            id=self.id,
-            peers=self.peers,
-            election_tick=k.election_tick,
-            heartbeat_tick=k.heartbeat_tick,
-            applied=self.app.applied,
-            max_size_per_msg=k.max_size_per_msg,
-            max_inflight_msgs=k.max_inflight_msgs,
-            max_apply_bytes=k.max_apply_bytes,
-            pre_vote=k.pre_vote,
-            check_quorum=k.check_quorum,
+            id=self.id, election_tick=k.election_tick, heartbeat_tick=k.heartbeat_tick,
+            applied=self.kv.applied_index(), max_size_per_msg=k.max_size_per_msg,
+            max_inflight_msgs=k.max_inflight_msgs, max_apply_bytes=k.max_apply_bytes,
+            pre_vote=k.pre_vote, check_quorum=k.check_quorum,
         )
         self.incarnation += 1
-        self.raft = RaftNode(config, self.storage, self.rng)
+        self.store.crash = CrashPoint.NONE
+        self.replica = Replica(
+            config, store=self.store, logstore=self.logstore, sm=self.kv,
+            transport=CollectingTransport(self.cluster.net_sender(self.id), self.cluster.linked_to(self.id)),
+            replies=CollectingReplies(self.cluster.clients.answered), clock=self.cluster.clock,
+            metrics=NodeMetrics(lambda: None), founders=self.founders,
+            snapshot_threshold=k.snapshot_threshold, compaction_keep=k.compaction_keep,
+            readies_per_turn=k.readies_per_turn,
+            silent_after_s=4 * k.election_tick * TICK_S, rng=self.rng,
+        )
+
+    # ---- the checker's probe: what the twins tell as their writes commit -----------------------
+    def on_persist(self, entries: list[Entry]) -> None:
+        if self.cluster.check:
+            self.cluster.checker.on_persist(self, entries)
+
+    def on_hard_state(self, hard_state: HardState) -> None:
+        if self.cluster.check:
+            self.cluster.checker.on_hard_state(self, hard_state)
+
+    def on_restore(self, snapshot: Snapshot, digest: str) -> None:
+        self.cluster.snapshots_installed += 1
+        self.cluster.trace.append((self.cluster.now, "restore", self.id, snapshot.meta.index))
+        if self.cluster.check:
+            self.cluster.checker.on_restore(self, snapshot, digest)
+
+    def on_apply(self, entry: Entry, applied_before: int) -> None:
+        if self.cluster.check:
+            self.cluster.checker.on_apply(self, entry, applied_before)
+        self.cluster.on_apply(self, entry)
+
+    def on_state(self, index: int, digest: str) -> None:
+        if self.cluster.check:
+            self.cluster.checker.on_state(self, index, digest)
 
 
 class Network:
@@ -189,7 +227,7 @@ class Network:
 
 
 class SimCluster:
-    """n nodes, one network, one clock, one checker. See make_cluster()."""
+    """n nodes, one network, one clock, one checker, and the clients. See make_cluster()."""
 
     def __init__(
         self,
@@ -209,26 +247,38 @@ class SimCluster:
         self.check = check
         self.trace: deque[tuple] = deque(maxlen=TRACE_LEN)
         self.on_tick: Callable[[SimCluster], None] | None = None
-        self.pending_writes: dict[bytes, PendingWrite] = {}
-        self.reads: dict[bytes, PendingRead] = {}
+        self.clients = Clients(self)
         self.acked_writes: dict[bytes, int] = {}
-        self.failed_writes = 0
-        self.reads_served = 0
-        self.value_seq = 0
-        self.read_seq = 0
+        """Values of acknowledged writes -> the index their answer named."""
         self.events = 0
         self.snapshots_installed = 0
         self.crash_later: list[int] = []
         peers = tuple(range(1, n + 1))
         self.initial_peers = peers
         for node_id in peers:
-            self.nodes[node_id] = SimNode(node_id, peers, self.knobs, seed)
+            self.nodes[node_id] = SimNode(self, node_id, peers, bootstrap=True)
         for node in self.nodes.values():
             self._start(node)
 
+    def clock(self) -> float:
+        return self.now * TICK_S
+
+    def net_sender(self, node_id: int) -> Callable[[Message], None]:
+        return lambda m: self.net.send(m, self.now)
+
+    def linked_to(self, node_id: int) -> Callable[[int], bool]:
+        """Whether `other` (up) keeps a link to `node_id`, so an answer can go back over it."""
+
+        def linked(other: int) -> bool:
+            node = self.nodes.get(other)
+            return node is not None and node.replica is not None and \
+                node_id in node.replica.driver.transport.peers
+
+        return linked
+
     # ---- queries ------------------------------------------------------------------------------
     def live(self) -> list[SimNode]:
-        return [node for node in self.nodes.values() if node.raft is not None]
+        return [node for node in self.nodes.values() if node.up]
 
     def leader(self) -> int | None:
         """The live leader with the highest term, if any."""
@@ -239,19 +289,20 @@ class SimCluster:
                 best, best_term = node.id, raft.term
         return best
 
-    def raft(self, node_id: int) -> RaftNode:
+    def raft(self, node_id: int):  # noqa: ANN201 - the node's RaftNode
         raft = self.nodes[node_id].raft
         assert raft is not None, f"node {node_id} is down"
         return raft
 
+    def _latest(self) -> SimNode:
+        return max(self.nodes.values(), key=lambda nd: (not nd.removed, nd.applied))
+
     def members(self) -> frozenset[int]:
         """Voters and learners according to the node that applied the most (the latest membership)."""
-        best = max(self.nodes.values(), key=lambda nd: (not nd.removed, nd.app.applied))
-        return best.app.conf.ids()
+        return self._latest().conf.ids()
 
     def voters(self) -> frozenset[int]:
-        best = max(self.nodes.values(), key=lambda nd: (not nd.removed, nd.app.applied))
-        return best.app.conf.voters
+        return self._latest().conf.voters
 
     # ---- the network ---------------------------------------------------------------------------
     def partition(self, *groups: set[int] | frozenset[int] | list[int]) -> None:
@@ -280,14 +331,15 @@ class SimCluster:
 
     # ---- crash and restart ---------------------------------------------------------------------
     def crash(self, node_id: int, mode: str = CRASH_CLEAN) -> None:
-        """Kill the node; it keeps only its durable state. Other modes strike inside its next Ready."""
+        """Kill the node; it keeps only its durable state. Other modes strike inside its next write."""
         node = self.nodes[node_id]
-        if node.raft is None:
+        if node.replica is None:
             return
         if mode == CRASH_CLEAN:
             self._crash_now(node)
         else:
             node.crash_mode = mode
+            node.store.crash = mode
             node.crash_deadline = self.now + CRASH_WAIT_TICKS
 
     def _crash_now(self, node: SimNode) -> None:
@@ -295,14 +347,13 @@ class SimCluster:
         if self.check:
             self.checker.observe(node)
             self.checker.on_crash(node)
-        node.raft = None
+        node.replica = None
         node.crash_mode = None
-        node.read_states = []
-        node.proposals = {}
+        node.store.crash = CrashPoint.NONE
 
     def restart(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        if node.raft is not None or node.removed:
+        if node.replica is not None or node.removed:
             return
         self._start(node)
 
@@ -313,177 +364,148 @@ class SimCluster:
             self.checker.on_restart(node)
         self._after_event(node)
 
-    # ---- clients ---------------------------------------------------------------------------------
-    def propose(self, node_id: int | None = None, value: bytes | None = None) -> bytes | None:
-        """A client write at `node_id` (default: the leader); None when the node refused it."""
-        if node_id is None:
-            node_id = self.leader()
-            if node_id is None:
-                return None
-        node = self.nodes[node_id]
-        raft = node.raft
-        if raft is None:
-            return None
-        if value is None:
-            self.value_seq += 1
-            value = b"%d" % self.value_seq
-        try:
-            index = raft.propose(value)
-        except ProposalDropped:
-            return None
-        pending = PendingWrite(value, node_id, node.incarnation, index, self.now)
-        self.pending_writes[value] = pending
-        node.proposals[index] = pending
-        self.trace.append((self.now, "propose", node_id, index, value))
-        self._after_event(node)
-        return value
+    # ---- clients -------------------------------------------------------------------------------
+    def send_request(self, node_id: int, request: Request) -> bool:
+        """A client request reaches `node_id` (False: the node is down, nobody answers)."""
+        node = self.nodes.get(node_id)
+        if node is None or node.replica is None:
+            return False
+        self._input(node, node.replica.handle, request)
+        return True
 
-    def read(self, node_id: int) -> bytes | None:
-        """A linearizable read issued at `node_id` (ReadIndex); None when refused."""
-        node = self.nodes[node_id]
-        raft = node.raft
-        if raft is None:
+    def propose(self, node_id: int | None = None, value: bytes | None = None) -> bytes | None:
+        """One client write at `node_id` (default: the leader), not retried; its value, or None
+        when the node refused it at once (not the leader, a transfer under way, down)."""
+        target = node_id if node_id is not None else self.leader()
+        if target is None:
             return None
-        self.read_seq += 1
-        ctx = b"r%d" % self.read_seq
-        try:
-            raft.read_index(ctx)
-        except ProposalDropped:
-            return None
-        c = self.checker
-        self.reads[ctx] = PendingRead(
-            ctx, node_id, node.incarnation, self.now, c.acked_max_index, c.acked_max_pos
-        )
-        self._after_event(node)
-        return ctx
+        op = self.clients.write_once(SCENARIO_CLIENT, target, value)
+        return op.value.encode() if op.outcome is not Outcome.REFUSED else None
+
+    def read(self, node_id: int) -> bool:
+        """One linearizable read at `node_id`, checked when answered; False when refused at once."""
+        op = self.clients.read_once(SCENARIO_CLIENT, node_id)
+        return op.outcome is not Outcome.REFUSED
+
+    def admin(self, target: int, op: Op, **fields: Any) -> dict[str, Any] | None:
+        """An administrative request to `target`; its answer when it came at once, else None."""
+        return self.clients.admin(target, op, fields)
 
     def expire_requests(self, max_age: int) -> None:
-        """Clients give up on requests older than `max_age` ticks (their outcome stays unknown)."""
-        horizon = self.now - max_age
-        for ctx in [c for c, r in self.reads.items() if r.issued < horizon]:
-            del self.reads[ctx]
-        for value in [v for v, w in self.pending_writes.items() if w.issued < horizon]:
-            w = self.pending_writes.pop(value)
-            node = self.nodes[w.node]
-            if node.proposals.get(w.index) is w:
-                del node.proposals[w.index]
+        """Clients give up on one-shot requests older than `max_age` ticks (their outcome stays unknown)."""
+        self.clients.expire(max_age)
 
     def is_acked(self, value: bytes) -> bool:
         return value in self.acked_writes
+
+    def on_ack(self, ack: Ack) -> None:
+        if ack.value is not None:
+            self.acked_writes[ack.value.encode()] = ack.index
+        if self.check:
+            self.checker.on_ack(ack)
+
+    def on_apply(self, node: SimNode, entry: Entry) -> None:
+        """Once a removal is applied anywhere, the operator shuts the removed server down for good."""
+        if entry.type == EntryType.CONF_CHANGE:
+            change = ConfChange.decode(entry.data)
+            if change.type == ConfChangeType.REMOVE_NODE:
+                self._decommission(change.node_id)
+
+    def applied_values(self) -> set[bytes]:
+        """The values of every write any node applied (the checker's history)."""
+        values = set()
+        for record in self.checker.history[1:]:
+            cmd = commands.decode(record[2]) if record is not None and record[2] else None
+            if cmd is not None and isinstance(cmd.value, str):
+                values.add(cmd.value.encode())
+        return values
 
     def applied_count(self, value: bytes) -> int:
         """How many live servers applied the acknowledged write `value`."""
         index = self.acked_writes.get(value)
         if index is None:
             return 0
-        return sum(
-            1
-            for node in self.nodes.values()
-            if node.up and node.app.applied >= index and value in node.app.values
-        )
+        return sum(1 for node in self.nodes.values() if node.up and node.applied >= index)
 
     def one(self, expected: int, max_ticks: int = 300, value: bytes | None = None) -> bytes:
-        """Agreement (6.5840 `one`): propose through the leader, retrying, until `expected` servers
-        applied the write; the written value. Raises LivenessFailure after `max_ticks`."""
+        """Agreement (6.5840 `one`): write through the leader (the client retries as raftctl's
+        does) until `expected` servers applied it; the value. LivenessFailure after `max_ticks`."""
         deadline = self.now + max_ticks
-        attempt_ticks = 2 * self.knobs.election_tick
+        op = self.clients.write_retrying(SCENARIO_CLIENT, value)
+        written = op.value.encode()
         while self.now < deadline:
-            written = self.propose(value=value)
-            if written is None:
-                self.tick()
-                continue
-            value = written
-            until = min(deadline, self.now + attempt_ticks)
-            while self.now < until:
-                if self.applied_count(written) >= expected:
-                    return written
-                self.tick()
             if self.applied_count(written) >= expected:
                 return written
-            value = None
+            self.tick()
+        if self.applied_count(written) >= expected:
+            return written
         raise LivenessFailure(
-            f"no agreement of {expected} servers within {max_ticks} ticks (seed {self.seed})"
-        )
+            f"no agreement of {expected} servers within {max_ticks} ticks (seed {self.seed})")
 
-    # ---- membership --------------------------------------------------------------------------------
+    # ---- membership (through the leader's own administration) ---------------------------------
     def new_node(self) -> int:
-        """A fresh, empty server that is not a member: it waits for a leader to contact it.
-
-        Like every server it starts from the cluster's initial membership (the state "at index
-        0"), so replaying the log from index 1 rebuilds the right membership; a snapshot
-        replaces it wholesale.
-        """
+        """A fresh, empty server that is not a member: it waits for a leader to contact it
+        (`raftkvd run --join`), knowing every server's address."""
         node_id = max(self.nodes) + 1
-        node = SimNode(node_id, self.initial_peers, self.knobs, self.seed)
+        node = SimNode(self, node_id, tuple(sorted(self.nodes)) + (node_id,), bootstrap=False)
         self.nodes[node_id] = node
         self._start(node)
         return node_id
 
-    def change_membership(self, cc: ConfChange) -> int | None:
-        """Propose `cc` at the leader; the index, or None when refused."""
+    def add_learner(self, node_id: int) -> bool:
+        """`raftctl member add`: at the leader; False when refused at once. The leader makes the
+        learner a voter by itself once it has caught up."""
+        return self._member_change(Op.MEMBER_ADD, node_id=node_id, **addresses(node_id))
+
+    def remove(self, node_id: int) -> bool:
+        return self._member_change(Op.MEMBER_REMOVE, node_id=node_id)
+
+    def _member_change(self, op: Op, **fields: Any) -> bool:
         leader = self.leader()
         if leader is None:
-            return None
-        node = self.nodes[leader]
-        assert node.raft is not None
-        try:
-            index = node.raft.propose_conf_change(cc)
-        except ProposalDropped:
-            return None
-        self.trace.append((self.now, "conf", leader, index, cc.type.name, cc.node_id))
-        self._after_event(node)
-        return index
-
-    def add_learner(self, node_id: int) -> int | None:
-        return self.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, node_id))
-
-    def add_voter(self, node_id: int) -> int | None:
-        return self.change_membership(ConfChange(ConfChangeType.ADD_NODE, node_id))
-
-    def remove(self, node_id: int) -> int | None:
-        return self.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, node_id))
+            return False
+        answer = self.admin(leader, op, **fields)
+        self.trace.append((self.now, op.value, leader, fields.get("node_id"), answer))
+        return answer is None or answer.get("code") == Code.OK.value
 
     # ---- other node operations ----------------------------------------------------------------
     def transfer_leadership(self, to: int) -> None:
         leader = self.leader()
         if leader is not None:
-            node = self.nodes[leader]
-            assert node.raft is not None
-            node.raft.transfer_leadership(to)
             self.trace.append((self.now, "transfer", leader, to))
-            self._after_event(node)
+            self.admin(leader, Op.TRANSFER, to=to)
 
     def campaign(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        assert node.raft is not None
-        node.raft.campaign()
-        self._after_event(node)
+        assert node.replica is not None
+        self._input(node, node.replica.core.campaign)
 
     def compact(self, node_id: int) -> bool:
-        """Snapshot the node's application at its applied index and drop the log up to there."""
+        """`raftctl snapshot ID`: the node compacts its log up to its applied index; True if it
+        dropped any entry."""
         node = self.nodes[node_id]
-        app = node.app
-        storage = node.storage
-        if app.applied < storage.first_index() or app.applied > storage.last_index():
+        if not node.up or node.applied < node.storage.first_index():
             return False
-        storage.compact(app.applied, app.conf, encode_values(app.values))
-        self.trace.append((self.now, "compact", node_id, app.applied))
-        return True
+        before = node.storage.first_index()
+        self.admin(node_id, Op.SNAPSHOT)
+        self.trace.append((self.now, "compact", node_id, node.applied))
+        return node.storage.first_index() > before
 
     # ---- time ---------------------------------------------------------------------------------------
     def tick(self, n: int = 1) -> None:
-        """Advance the clock: the workload hook, then each node in a random order ticks (rate-skewed)
-        and what is due by now is delivered, so nodes are not in lockstep within a tick."""
+        """Advance the clock: the workload hook, the clients, then each node in a random order ticks
+        (rate-skewed) and what is due by now is delivered, so nodes are not in lockstep within a tick."""
         for _ in range(n):
             self.now += 1
             if self.on_tick is not None:
                 self.on_tick(self)
+            self.clients.step()
             self.deliver()
             order = list(self.nodes.values())
             self.rng.shuffle(order)
             for node in order:
-                raft = node.raft
-                if raft is None:
+                replica = node.replica
+                if replica is None:
                     continue
                 if node.crash_mode is not None and self.now >= node.crash_deadline:
                     node.crash_mode = CRASH_CLEAN
@@ -496,9 +518,11 @@ class SimCluster:
                     ticks = int(node.tick_credit)
                     node.tick_credit -= ticks
                 for _ in range(ticks):
-                    raft.tick()
-                    self._after_event(node)
-                    if node.raft is None:
+                    self._input(node, replica.tick)
+                    if node.replica is None:
+                        break
+                    self._input(node, replica.periodic)
+                    if node.replica is None:
                         break
                 self.deliver()
 
@@ -514,30 +538,33 @@ class SimCluster:
             if budget == 0:
                 raise LivenessFailure(f"more than {MAX_EVENTS_PER_TICK} messages in one tick")
             node = nodes.get(m.to)
-            if node is None or node.raft is None:
+            if node is None or node.replica is None:
                 self._unreachable(m)
                 continue
             if blocked and (m.frm, m.to) in blocked:
                 continue
             self.net.delivered += 1
-            node.raft.step(m)
-            self._after_event(node)
+            self._input(node, node.replica.step, m)
 
     def _unreachable(self, m: Message) -> None:
         """The transport of the sender notices a dead peer (as the daemon's does)."""
         sender = self.nodes.get(m.frm)
-        if sender is not None and sender.raft is not None:
+        if sender is not None and sender.replica is not None:
             if m.type in (MessageType.APPEND, MessageType.SNAPSHOT):
-                sender.raft.report_unreachable(m.to)
-                self._after_event(sender)
+                self._input(sender, sender.replica.core.report_unreachable, m.to)
 
     def run_until_quiet(self, max_rounds: int = 1000) -> None:
-        """Deliver messages without ticking until the network is empty (needs a zero-delay network)."""
+        """Deliver messages without ticking until the network is empty and no replica has a
+        Ready left for its next turn (needs a zero-delay network)."""
         for _ in range(max_rounds):
-            if not self.net.queue:
+            busy = [n for n in self.live() if n.replica is not None and n.replica.core.has_ready()]
+            if not self.net.queue and not busy:
                 return
-            self.now = max(self.now, self.net.queue[0][0])
-            self.deliver()
+            for node in busy:
+                self._after_event(node)
+            if self.net.queue:
+                self.now = max(self.now, self.net.queue[0][0])
+                self.deliver()
         raise LivenessFailure("network did not quiesce")
 
     def tick_until(self, pred: Callable[[], bool], max_ticks: int, what: str = "condition") -> int:
@@ -548,123 +575,49 @@ class SimCluster:
             self.tick()
         raise LivenessFailure(f"{what} not reached within {max_ticks} ticks (seed {self.seed})")
 
-    # ---- driving one node (API.md, the Ready contract) ----------------------------------------------
+    # ---- driving one node: the replica's own loop turn ---------------------------------------------
+    def _input(self, node: SimNode, fn: Callable[..., Any], *args: Any) -> None:
+        """One input to the node's replica, then the rest of its loop turn; a write that
+        crashes (twins.CrashPoint) kills the node wherever it strikes."""
+        try:
+            fn(*args)
+        except SimCrash:
+            self._crash_now(node)
+            return
+        self._after_event(node)
+
     def _after_event(self, node: SimNode) -> None:
+        """After an input, the replica ends its turn as the daemon's loop does: one ReadIndex
+        round, then at most MAX_READIES_PER_TURN Readies (the rest waits for the next turn, so
+        applying may lag committing, as under load); a write that crashes kills the node there."""
         self.events += 1
-        # Without a Ready, term, role and commit are unchanged (has_ready compares them): nothing to check.
-        if self._process(node) and self.check and node.raft is not None:
+        replica = node.replica
+        if replica is None:
+            return
+        if not (replica.core.has_ready() or replica.reads.batch.requests):
+            return
+        try:
+            replica.end_turn()
+        except SimCrash:
+            self._crash_now(node)
+            return
+        if self.check:
             self.checker.observe(node)
         if self.crash_later:
             self._flush_decommissioned()
 
-    def _process(self, node: SimNode) -> bool:
-        """Handle Readies until there is none; False when there was none at all."""
-        net, now = self.net, self.now
-        handled = False
-        while True:
-            raft = node.raft
-            if raft is None or not raft.has_ready():
-                return handled
-            handled = True
-            rd = raft.ready()
-            for m in rd.messages:
-                net.send(m, now)
-            if node.crash_mode == CRASH_BEFORE_PERSIST and rd.must_sync():
-                self._crash_now(node)
-                return True
-            self._persist(node, rd)
-            for m in rd.persisted_messages:
-                net.send(m, now)
-            if node.crash_mode == CRASH_BEFORE_APPLY and (rd.committed_entries or rd.must_sync()):
-                self._crash_now(node)
-                return True
-            self._apply(node, rd)
-            raft.advance(rd)
-
-    def _persist(self, node: SimNode, rd: Ready) -> None:
-        """One durable write: snapshot (with the application state it carries), entries, hard state."""
-        storage = node.storage
-        checker = self.checker if self.check else None
-        if rd.snapshot is not None:
-            snap = rd.snapshot
-            values = decode_values(snap.data)
-            if checker is not None:
-                checker.on_restore(node, snap, values)
-            storage.apply_snapshot(snap)
-            node.app = AppState(values, snap.meta.index, snap.meta.conf)
-            node.proposals = {i: w for i, w in node.proposals.items() if i > snap.meta.index}
-            self.snapshots_installed += 1
-            self.trace.append((self.now, "restore", node.id, snap.meta.index))
-        if rd.entries:
-            storage.append(rd.entries)
-            if checker is not None:
-                checker.on_persist(node, rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-            if checker is not None:
-                checker.on_hard_state(node, rd.hard_state.commit)
-
-    def _apply(self, node: SimNode, rd: Ready) -> None:
-        app = node.app
-        checker = self.checker if self.check else None
-        for entry in rd.committed_entries:
-            if checker is not None:
-                checker.on_apply(node, entry, len(app.values))
-            if entry.type == EntryType.CONF_CHANGE:
-                cc = ConfChange.decode(entry.data)
-                app.conf = apply_conf_change(app.conf, cc)
-                node.storage.set_conf_state(app.conf)
-                if cc.type == ConfChangeType.REMOVE_NODE:
-                    self._decommission(cc.node_id)
-            elif entry.data:
-                app.values.append(entry.data)
-            app.applied = entry.index
-            pending = node.proposals.pop(entry.index, None) if node.proposals else None
-            if pending is not None:
-                self._settle_write(pending, entry.data, entry.index)
-        if rd.read_states:
-            node.read_states.extend(rd.read_states)
-        if node.read_states:
-            self._serve_reads(node)
-
-    def _settle_write(self, pending: PendingWrite, data: bytes, index: int) -> None:
-        if self.pending_writes.get(pending.value) is pending:
-            del self.pending_writes[pending.value]
-        if data == pending.value:
-            self.acked_writes[pending.value] = index
-            if self.check:
-                self.checker.on_ack(pending.value, index)
-        else:
-            self.failed_writes += 1
-
-    def _serve_reads(self, node: SimNode) -> None:
-        applied = node.app.applied
-        waiting = []
-        for rs in node.read_states:
-            if rs.index > applied:
-                waiting.append(rs)
-                continue
-            read = self.reads.pop(rs.context, None)
-            if read is None or read.node != node.id or read.incarnation != node.incarnation:
-                continue
-            self.reads_served += 1
-            if self.check:
-                self.checker.on_read(node, rs, read)
-        node.read_states = waiting
-
     def _decommission(self, node_id: int) -> None:
-        """Once a removal is applied anywhere, the operator shuts the removed server down for good."""
         node = self.nodes.get(node_id)
         if node is None or node.removed:
             return
         node.removed = True
-        if node.raft is not None:
+        if node.replica is not None:
             self.crash_later.append(node_id)
 
     def _flush_decommissioned(self) -> None:
         while self.crash_later:
             node = self.nodes[self.crash_later.pop()]
-            if node.raft is not None:
+            if node.replica is not None:
                 node.crash_mode = None
                 self._crash_now(node)
 
@@ -673,8 +626,7 @@ class SimCluster:
         """Any two logs that share an (index, term) are equal up to there (full pairwise check)."""
         logs = {}
         for node in self.nodes.values():
-            st = node.storage
-            logs[node.id] = {e.index: e for e in st.ents[1:]}
+            logs[node.id] = {e.index: e for e in node.storage.ents[1:]}
         ids = sorted(logs)
         for a_pos, a in enumerate(ids):
             for b in ids[a_pos + 1 :]:
@@ -694,9 +646,9 @@ class SimCluster:
                         )
 
     def ensure_same(self, node_ids: list[int] | None = None) -> None:
-        """All given nodes (default: live members) applied the same sequence."""
+        """All given nodes (default: live members) applied the same entries to the same state."""
         ids = node_ids if node_ids is not None else self.live_members()
-        states = {i: (self.nodes[i].app.applied, self.nodes[i].app.values) for i in ids}
+        states = {i: (self.nodes[i].applied, self.nodes[i].kv.hash()) for i in ids}
         first = next(iter(states.values()))
         for i, state in states.items():
             if state != first:
@@ -707,13 +659,11 @@ class SimCluster:
         return [i for i in sorted(members) if self.nodes[i].up and not self.nodes[i].removed]
 
     def ensure_acked_durable(self, node_ids: list[int] | None = None) -> None:
-        """Nothing reported committed is ever lost: every acknowledged write is in every final state."""
+        """Nothing reported committed is ever lost: every acknowledged write is in the log where
+        its answer said and took effect, and every final state is the one the history makes."""
         ids = node_ids if node_ids is not None else self.live_members()
-        for i in ids:
-            have = set(self.nodes[i].app.values)
-            missing = [v for v in self.acked_writes if v not in have]
-            if missing:
-                raise SafetyViolation(f"node {i} lost acknowledged writes {missing[:5]}")
+        final = {i: {k: v[0] for k, v in self.nodes[i].kv.state.kv.items()} for i in ids}
+        self.checker.ensure_acks_in_history(final, {i: self.nodes[i].applied for i in ids})
 
     def describe(self) -> str:
         """The recent events and each node's state: printed when a seed fails."""
@@ -721,7 +671,7 @@ class SimCluster:
         for node in self.nodes.values():
             raft = node.raft
             if raft is None:
-                lines.append(f"  node {node.id}: down removed={node.removed} applied={node.app.applied}")
+                lines.append(f"  node {node.id}: down removed={node.removed} applied={node.applied}")
                 continue
             st = raft.status()
             lines.append(
@@ -742,6 +692,5 @@ def make_cluster(
     check: bool = True,
     **knobs: int | bool,
 ) -> SimCluster:
-    """A cluster of n fresh nodes with the given Raft knobs (RaftKnobs fields)."""
-    cluster = SimCluster(n, seed, RaftKnobs(**knobs), faults, check)  # type: ignore[arg-type]
-    return cluster
+    """A cluster of n fresh nodes with the given knobs (RaftKnobs fields)."""
+    return SimCluster(n, seed, RaftKnobs(**knobs), faults, check)  # type: ignore[arg-type]

@@ -12,12 +12,15 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from raftkv.protocol import Op
 from raftkvd.raft.messages import StateRole
 
+from .clients import Outcome
 from .cluster import (
-    CRASH_BEFORE_APPLY,
+    CRASH_AFTER_PERSIST,
     CRASH_BEFORE_PERSIST,
     CRASH_CLEAN,
+    CRASH_MID_WRITE,
     NetFaults,
     RaftKnobs,
     SimCluster,
@@ -29,7 +32,8 @@ FAULT_KINDS = (
     "isolate-leader",
     "crash-clean",
     "crash-before-persist",
-    "crash-before-apply",
+    "crash-mid-write",
+    "crash-after-persist",
     "bounce",
     "figure8",
     "drop",
@@ -51,6 +55,12 @@ LIVENESS_CONVERGE_TICKS = 50 * ELECTION_TICK
 LIVENESS_PROPOSALS = 5
 REQUEST_TIMEOUT_TICKS = 100
 COMPACT_LAG = 8
+CLIENTS = (4, 16)
+"""Workload clients (drawn per seed), each with its own session and one request in flight:
+many of them load followers enough that applying lags behind committing."""
+LIVENESS_SESSION = "liveness"
+CATCH_UP_TRANSFER = 0.3
+"""Chance that a heal or restart is followed by a transfer to the voter lagging most."""
 
 
 @dataclass
@@ -82,6 +92,9 @@ def knobs_for(rng: random.Random) -> RaftKnobs:
         max_apply_bytes=rng.choice((64, 8 << 20)),
         pre_vote=rng.random() < 0.8,
         check_quorum=rng.random() < 0.8,
+        snapshot_threshold=rng.choice((1 << 30, 1 << 30, 20, 60)),
+        compaction_keep=rng.choice((2, 10)),
+        readies_per_turn=rng.choice((1, 2, 8)),
     )
 
 
@@ -96,6 +109,7 @@ class RandomWorkload:
             duplicate=rng.choice((0.0, 0.01, 0.05)),
             delay_max=rng.choice((0, 1, 2)),
         )
+        self.clients_n = rng.choice(CLIENTS)
         self.write_rate = rng.choice((0.1, 0.3, 0.6))
         self.read_rate = rng.choice((0.05, 0.2))
         self.compact_rate = rng.choice((0.0, 0.01, 0.05))
@@ -151,16 +165,22 @@ class RandomWorkload:
 
     def clients(self, cluster: SimCluster) -> None:
         rng = self.rng
-        if rng.random() < self.write_rate:
-            target = cluster.leader()
-            if target is None or rng.random() < 0.1:
-                target = rng.choice(list(cluster.nodes))
-            cluster.propose(target)
-        if rng.random() < self.read_rate:
-            cluster.read(rng.choice(list(cluster.nodes)))
+        for n in range(self.clients_n):
+            session = f"client{n}"
+            if session in cluster.clients.busy:
+                continue
+            roll = rng.random() * 4
+            if roll < self.write_rate:
+                kind = Op.DELETE if rng.random() < 0.1 else Op.PUT
+            elif roll < self.write_rate + self.read_rate:
+                kind = Op.GET
+            else:
+                continue
+            target = rng.choice(list(cluster.nodes)) if rng.random() < 0.1 else None
+            cluster.clients.start(session, kind, target)
         if self.compact_rate and rng.random() < self.compact_rate * len(cluster.nodes):
             node = cluster.nodes[rng.choice(list(cluster.nodes))]
-            if node.up and node.app.applied - node.storage.first_index() >= COMPACT_LAG:
+            if node.up and node.applied - node.storage.first_index() >= COMPACT_LAG:
                 cluster.compact(node.id)
         if cluster.now % 50 == 0:
             cluster.expire_requests(REQUEST_TIMEOUT_TICKS)
@@ -202,14 +222,16 @@ class RandomWorkload:
                 mode = {
                     "crash-clean": CRASH_CLEAN,
                     "crash-before-persist": CRASH_BEFORE_PERSIST,
-                    "crash-before-apply": CRASH_BEFORE_APPLY,
+                    "crash-mid-write": CRASH_MID_WRITE,
+                    "crash-after-persist": CRASH_AFTER_PERSIST,
                 }[kind]
                 cluster.crash(victim, mode)
                 self._push(self.repairs, cluster.now + rng.randint(1, 150), "restart", victim)
         elif kind == "bounce":
             victim = self._victim(cluster)
             if victim is not None:
-                cluster.crash(victim, rng.choice((CRASH_CLEAN, CRASH_BEFORE_PERSIST, CRASH_BEFORE_APPLY)))
+                cluster.crash(victim, rng.choice((CRASH_CLEAN, CRASH_BEFORE_PERSIST, CRASH_MID_WRITE,
+                                                  CRASH_AFTER_PERSIST)))
                 self._push(self.repairs, cluster.now + rng.randint(1, 6), "restart", victim)
         elif kind == "figure8":
             self.figure8_until = cluster.now + rng.randint(50, 300)
@@ -232,37 +254,54 @@ class RandomWorkload:
                 node.tick_rate = rng.uniform(0.5, 1.5)
             self._push(self.repairs, at, "skew")
         elif kind == "transfer":
-            voters = sorted(cluster.voters())
-            if voters:
-                cluster.transfer_leadership(rng.choice(voters))
+            self.transfer(cluster)
         elif kind == "membership":
             self.change_membership(cluster)
         elif kind == "compact":
             for node in cluster.live():
                 cluster.compact(node.id)
 
+    def transfer(self, cluster: SimCluster, to_lagging: float = 0.5) -> None:
+        """Hand leadership to a random voter, or (with chance `to_lagging`, as a nemesis aiming
+        at weak spots) to the voter furthest behind the leader in applying: a leader that has
+        not applied what was committed must still answer reads as of its read index."""
+        voters = sorted(cluster.voters())
+        leader = cluster.leader()
+        if not voters or leader is None:
+            return
+        commit = cluster.raft(leader).log.committed
+        lagging = [(commit - node.applied, node.id) for node in cluster.live()
+                   if node.id in voters and node.id != leader and commit > node.applied]
+        if lagging and self.rng.random() < to_lagging:
+            cluster.transfer_leadership(max(lagging)[1])
+        else:
+            cluster.transfer_leadership(self.rng.choice(voters))
+
     def change_membership(self, cluster: SimCluster) -> None:
-        """Promote a learner, or add a new server as a learner, or remove a voter (maybe the leader)."""
+        """Remove a voter (maybe the leader), or add a new server as a learner (the leader's own
+        administration then makes it a voter once it has caught up)."""
         leader = cluster.leader()
         if leader is None:
             return
-        raft = cluster.raft(leader)
-        conf = raft.conf
+        conf = cluster.raft(leader).conf
         if conf.learners:
-            cluster.add_voter(min(conf.learners))
-        elif len(conf.voters) > self.n - 1 and (len(conf.voters) > self.n or self.rng.random() < 0.5):
+            return  # a promotion is under way: one change at a time
+        if len(conf.voters) > self.n - 1 and (len(conf.voters) > self.n or self.rng.random() < 0.5):
             cluster.remove(self.rng.choice(sorted(conf.voters)))
         else:
-            new_id = cluster.new_node()
-            if cluster.add_learner(new_id) is not None:
-                self._push(self.repairs, cluster.now + self.rng.randint(20, 100), "promote", new_id)
+            cluster.add_learner(cluster.new_node())
 
     def repair(self, cluster: SimCluster, kind: str, arg: int) -> None:
         faults = cluster.net.faults
+        if kind in ("heal", "restart") and self.rng.random() < CATCH_UP_TRANSFER:
+            # whoever is catching up now may lead next, before it has applied what it got
+            self._push(self.repairs, cluster.now + self.rng.randint(1, 10), "transfer")
         if kind == "heal":
             cluster.heal()
         elif kind == "restart":
             cluster.restart(arg)
+        elif kind == "transfer":
+            self.transfer(cluster, to_lagging=1.0)
         elif kind == "restart-all":
             for node in list(cluster.nodes.values()):
                 if not node.removed:
@@ -278,10 +317,6 @@ class RandomWorkload:
         elif kind == "skew":
             for node in cluster.nodes.values():
                 node.tick_rate = 1.0
-        elif kind == "promote":
-            leader = cluster.leader()
-            if leader is not None and arg in cluster.raft(leader).conf.learners:
-                cluster.add_voter(arg)
 
 
 # ---- after the faults ---------------------------------------------------------------------------------
@@ -306,6 +341,7 @@ def stop_faults(cluster: SimCluster) -> None:
     for node in cluster.nodes.values():
         node.tick_rate = 1.0
         node.crash_mode = None
+        node.store.crash = None
         if not node.removed:
             cluster.restart(node.id)
 
@@ -327,23 +363,16 @@ def check_liveness(cluster: SimCluster, proposals: int = LIVENESS_PROPOSALS) -> 
         log = cluster.raft(leader).log
         target = log.committed
         return target == log.last_index() and all(
-            cluster.nodes[i].app.applied == target for i in cluster.live_members()
+            cluster.nodes[i].applied == target for i in cluster.live_members()
         )
 
     stats["converge_ticks"] = cluster.tick_until(converged, LIVENESS_CONVERGE_TICKS, "convergence")
     worst = 0
     for _ in range(proposals):
         started = cluster.now
-        value = None
-
-        def committed() -> bool:
-            nonlocal value
-            if value is None:
-                value = cluster.propose()
-                return False
-            return cluster.is_acked(value)
-
-        cluster.tick_until(committed, LIVENESS_COMMIT_TICKS, "commit of a proposal")
+        op = cluster.clients.write_retrying(LIVENESS_SESSION)
+        cluster.tick_until(lambda op=op: op.outcome is Outcome.DONE, LIVENESS_COMMIT_TICKS,
+                           "commit of a write")
         worst = max(worst, cluster.now - started)
     stats["commit_ticks_max"] = worst
     cluster.tick_until(converged, LIVENESS_CONVERGE_TICKS, "convergence")
@@ -378,7 +407,8 @@ def run_seed(seed: int, nodes: int = 3, ticks: int = 2000, verbose: bool = False
         "checks": cluster.checker.checks,
         "messages": cluster.net.message_count(),
         "acked": len(cluster.acked_writes),
-        "reads": cluster.reads_served,
+        "reads": cluster.clients.reads_served,
+        "reads_checked": cluster.checker.reads_checked,
         "snapshots": cluster.snapshots_installed,
         "terms": max(cluster.checker.leaders, default=0),
         "faults": sum(workload.counts.values()),
