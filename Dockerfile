@@ -27,7 +27,7 @@ USER raftkvd
 WORKDIR /var/lib/raftkvd
 VOLUME /var/lib/raftkvd
 # raft (peers), raftctl client protocol, HTTP (REST, /metrics, web view) of nodes 1-3
-EXPOSE 50051-50053 50061-50063 8080-8082
+EXPOSE 20051-20053 20061-20063 8080-8082
 
 # Healthy = this node's /health is 200: it is up and knows a leader.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

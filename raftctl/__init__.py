@@ -2,7 +2,7 @@
 
     from raftctl import Client, KeyNotFound
 
-    with Client(["127.0.0.1:50061", "127.0.0.1:50062"]) as kv:
+    with Client(["127.0.0.1:20061", "127.0.0.1:20062"]) as kv:
         kv.put("greeting", "hello")
         kv.get("greeting")            # -> "hello"
 """

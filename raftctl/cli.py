@@ -27,7 +27,7 @@ from raftctl.client import DEFAULT_TIMEOUT, Client, normalize_endpoint
 from raftctl.errors import EXIT_OK, EXIT_USAGE, RaftCtlError, Unavailable, UsageError
 from raftkv.protocol import CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE, MAX_KEY_BYTES
 
-DEFAULT_ENDPOINTS = "127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063"
+DEFAULT_ENDPOINTS = "127.0.0.1:20061,127.0.0.1:20062,127.0.0.1:20063"
 ENDPOINTS_ENV = "RAFTCTL_ENDPOINTS"
 STDIN_ARG = "-"
 EXIT_INTERRUPTED = 130
@@ -228,11 +228,22 @@ def status(settings: Settings, watch: bool) -> None:
     """
     client = settings.client()
     if not watch:
-        render.print_status(client.cluster(), settings.output)
+        nodes, problem = _cluster_view(client)
+        render.print_status(nodes, settings.output)
+        if problem is not None:
+            raise Unavailable(f"no leader to ask, so each node's own view is shown ({problem})")
         return
     if settings.output != render.OUTPUT_TABLE:
         raise UsageError("status --watch draws a table; it cannot be combined with -o json|plain")
     _watch_status(client)
+
+
+def _cluster_view(client: Client) -> tuple[list[dict[str, Any]], str | None]:
+    """Every member as the leader sees them; with no leader, each endpoint's own view, and why."""
+    try:
+        return client.cluster(), None
+    except Unavailable as error:
+        return client.node_statuses(), str(error)
 
 
 def _watch_status(client: Client) -> None:
@@ -245,13 +256,9 @@ def _watch_status(client: Client) -> None:
 
 
 def _status_view(client: Client) -> Table:
-    """The status table; a cluster that answers nothing shows every endpoint unreachable."""
-    try:
-        nodes = client.cluster()
-        caption = f"updated {time.strftime('%H:%M:%S')}"
-    except Unavailable as error:
-        nodes = [{"endpoint": e, "reachable": False} for e in client.endpoints]
-        caption = str(error)
+    """The status table; with no leader, each node's own view and a caption saying why."""
+    nodes, problem = _cluster_view(client)
+    caption = f"updated {time.strftime('%H:%M:%S')}" + (f" — no leader: {problem}" if problem else "")
     return render.make_table(render.status_rows(nodes), render.STATUS_COLUMNS, caption)
 
 

@@ -5,10 +5,10 @@ request id and its reply is matched back by it, so a late answer to a finished c
 dropped and never mistaken for the answer to a later one. raftctl.Client runs one call at
 a time; `raftctl bench` keeps many in flight over the same links.
 
-Sockets are IMMEDIATE: a request waits for a live connection instead of being queued for
-a node that may be down. A try that finds no connection within CONNECT_TIMEOUT_S, or
-whose connection drops before the answer (the socket monitor says so), is reported lost,
-so the call moves on at once instead of waiting out a timeout.
+Sockets are IMMEDIATE (raftkv/sockets.py): a request waits for a live connection instead of
+being queued for a node that may be down. A try that finds no connection within
+CONNECT_TIMEOUT_S, or whose connection drops before the answer (the socket monitor says so),
+is reported lost, so the call moves on at once instead of waiting out a timeout.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from raftkv.frames import FrameError, decode_client, encode_client
 from raftkv.routing import Call
+from raftkv.sockets import close_link, dropped, open_link
 
 CONNECT_TIMEOUT_S = 0.2
 """A try that finds no connection to its node within this long is lost (the node is down)."""
-HWM = 10_000
-MAX_REPLY_BYTES = 72 * 1024 * 1024
 RECV_BATCH = 1024
 
 Reply = dict[str, Any]
@@ -58,36 +56,16 @@ class _Link:
 
     def __init__(self, context: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.socket = context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        self.socket.setsockopt(zmq.SNDHWM, HWM)
-        self.socket.setsockopt(zmq.RCVHWM, HWM)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-        try:
-            self.socket.connect(endpoint)
-        except zmq.ZMQError:
-            self.socket.close(0)
-            raise
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.socket, self.monitor = open_link(context, endpoint)
         self.queue: deque[_Queued] = deque()
         self.sent: set[int] = set()
         """Request ids on this connection still waiting for their answer."""
 
     def disconnected(self) -> bool:
-        """Drain the monitor; True if the connection dropped since the last look."""
-        dropped = False
-        while True:
-            try:
-                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return dropped
-            dropped |= parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED
+        return dropped(self.monitor)
 
     def close(self) -> None:
-        self.socket.disable_monitor()
-        self.socket.close(0)
-        self.monitor.close(0)
+        close_link(self.socket, self.monitor)
 
 
 class Links:

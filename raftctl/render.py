@@ -26,9 +26,11 @@ PIPE_WIDTH = 200
 UNREACHABLE = "unreachable"
 ROLE_LEADER = "leader"
 STATUS_COLUMNS = (
-    "ID", "ENDPOINT", "ROLE", "TERM", "LEADER", "LAST INDEX", "COMMIT", "APPLIED", "LAG", "HEALTH",
+    "ID", "ENDPOINT", "ROLE", "TERM", "LEADER", "LAST", "COMMIT", "APPLIED", "LAG", "HEALTH",
 )
+"""LAST: the node's last log index; COMMIT and APPLIED its commit and applied indexes."""
 MEMBER_COLUMNS = ("ID", "CLIENT", "RAFT", "HTTP", "ROLE")
+_WRAPPING_COLUMNS = frozenset({"ENDPOINT", "CLIENT", "RAFT", "HTTP"})
 _HEALTH_STYLES = {"healthy": "green", "unhealthy": "yellow", UNREACHABLE: "red"}
 
 Node = dict[str, Any]
@@ -57,7 +59,13 @@ def console() -> Console:
 
 
 def make_table(rows: list[list[str]], columns: tuple[str, ...], caption: str | None = None) -> Table:
-    table = Table(*columns, caption=caption)
+    """Compact enough for an 80-column terminal: one space between columns, no outer edge,
+    and no cell ever cut short: if the terminal is narrower still, addresses wrap."""
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold underline",
+                  caption=caption)
+    for name in columns:
+        wraps = name in _WRAPPING_COLUMNS
+        table.add_column(name, no_wrap=not wraps, overflow="fold", min_width=len(name))
     for row in rows:
         table.add_row(*row, style=_row_style(row, columns))
     return table

@@ -29,10 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from raftkv.frames import FrameError, decode_client, encode_client
 from raftkv.routing import Call, Outcome, Route, Router
+from raftkv.sockets import close_link, dropped, open_link
 from raftkvd.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,8 @@ SEND_RETRY_S = 0.005
 """Pause between tries of a send that found no connection or a full queue."""
 MAX_IN_FLIGHT = 512
 """Forwarded requests in flight at once; beyond this the HTTP layer answers 503 at once."""
-HWM = 10_000
 DRAIN_BATCH = 256
 """Replies taken off a socket per wake-up of its reader."""
-MAX_REPLY_BYTES = 72 * 1024 * 1024
 
 
 class NoLeader(Unavailable):
@@ -74,26 +72,19 @@ class Closed(Unavailable):
 class _Link:
     """One DEALER to one node's client endpoint, shared by every in-flight try to it.
 
-    A plain (not zmq.asyncio) socket watched with the loop's add_reader: sends are one
-    non-blocking call, and every reply waiting is delivered in one callback. ZeroMQ's FD
-    is edge-triggered, so after any send we look for replies that send may have taken in.
-    A socket monitor reports a dropped connection, which loses the tries it carried.
+    A plain (not zmq.asyncio) socket (raftkv/sockets.py) watched with the loop's add_reader:
+    sends are one non-blocking call, and every reply waiting is delivered in one callback.
+    ZeroMQ's FD is edge-triggered, so after any send we look for replies that send may have
+    taken in. A socket monitor reports a dropped connection, which loses the tries it carried.
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.socket = zmq.Socket(ctx, zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        # Queue only on a live connection: a dead node fails the send instead of
-        # swallowing requests that would be delivered, stale, when it comes back.
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        self.socket.setsockopt(zmq.SNDHWM, HWM)
-        self.socket.setsockopt(zmq.RCVHWM, HWM)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-        self.socket.connect(endpoint)
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.socket, self.monitor = open_link(ctx, endpoint)
         self.pending: dict[int, asyncio.Future[Reply | None]] = {}
         self.sent: set[int] = set()
+        self._senders: set[asyncio.Task[None]] = set()
+        """Sends waiting for a connection (cancelled with the link)."""
         self._loop = asyncio.get_running_loop()
         self._fd = self.socket.getsockopt(zmq.FD)
         self._monitor_fd = self.monitor.getsockopt(zmq.FD)
@@ -106,7 +97,9 @@ class _Link:
         self.pending[req_id] = future
         future.add_done_callback(lambda _: self._forget(req_id))
         if not self._try_send(req_id, frame, on_sent):
-            self._loop.create_task(self._send_later(req_id, frame, on_sent, future))
+            sender = self._loop.create_task(self._send_later(req_id, frame, on_sent, future))
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         return future
 
     def _try_send(self, req_id: int, frame: bytes, on_sent: Callable[[], None]) -> bool:
@@ -159,14 +152,7 @@ class _Link:
 
     def _watch(self) -> None:
         """The connection dropped: the tries it carried will not be answered."""
-        dropped = False
-        while True:
-            try:
-                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            dropped |= parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED
-        if dropped:
+        if dropped(self.monitor):
             for req_id in list(self.sent):
                 future = self.pending.get(req_id)
                 if future is not None:
@@ -175,13 +161,13 @@ class _Link:
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
         self._loop.remove_reader(self._monitor_fd)
+        for sender in list(self._senders):
+            sender.cancel()
         for future in list(self.pending.values()):
             if not future.done():
                 future.set_exception(Closed("node shutting down"))
         self.pending.clear()
-        self.socket.disable_monitor()
-        self.monitor.close(0)
-        self.socket.close(0)
+        close_link(self.socket, self.monitor)
 
 
 def _resolve(future: asyncio.Future[Reply | None], value: Reply | None) -> None:

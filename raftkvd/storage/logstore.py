@@ -26,7 +26,7 @@ RECENT_ENTRIES = 4096
 
 
 class AppState(Protocol):
-    """What the log needs from the application (the state machine), injected by node.py.
+    """What the log needs from the application (the state machine), injected by the node.
 
     Snapshots are images of the applied state, not of the log, so they come from there.
     """
@@ -134,7 +134,7 @@ class LogStore:
         """The current applied image (a full dump: call only to send a snapshot)."""
         return self._app.snapshot()
 
-    # --- writes, done by node.py after a Ready --------------------------------
+    # --- writes, done by the driver (server/driver.py) after a Ready ----------
     def save(
         self,
         hard_state: HardState | None,

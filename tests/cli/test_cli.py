@@ -22,10 +22,11 @@ from click.testing import CliRunner
 from helpers import free_port
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from rich.console import Console
 
-from raftctl import cli
+from raftctl import cli, render
 from raftctl.cli import bench_key, bench_result, endpoints_from_config, main
-from raftctl.errors import CompareFailed, KeyNotFound, RaftCtlError, UsageError
+from raftctl.errors import CompareFailed, KeyNotFound, RaftCtlError, Unavailable, UsageError
 
 SLACK = 1.0
 RAFTCTL = Path(sys.executable).parent / "raftctl"
@@ -78,6 +79,7 @@ class FakeCluster:
     sessions: set[str] = field(default_factory=set)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     fail_with: BaseException | None = None
+    leaderless: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, session: str, call: str, arg: Any) -> None:
@@ -138,7 +140,14 @@ class FakeClient:
 
     def cluster(self) -> list[dict[str, Any]]:
         self._record("cluster")
+        if self.cluster_state.leaderless:
+            raise Unavailable("no leader reachable at 3 endpoints within 5s")
         return [dict(n) for n in NODES]
+
+    def node_statuses(self) -> list[dict[str, Any]]:
+        self._record("node_statuses")
+        return [{**n, "role": "pre-candidate", "leader_id": 0, "healthy": False}
+                if n.get("reachable", True) else n for n in NODES]
 
     def transfer_leader(self, to: int = 0) -> int:
         self._record("transfer", to)
@@ -262,13 +271,16 @@ def test_endpoints_come_from_the_environment():
 def test_unreachable_cluster_gives_no_traceback_from_the_installed_script():
     if not RAFTCTL.exists():
         pytest.skip("raftctl console script not installed in this environment")
+    endpoints = dead_endpoints()
     completed = subprocess.run(
-        [str(RAFTCTL), "-e", dead_endpoints(), "--timeout", "0.5", "status"],
+        [str(RAFTCTL), "-e", endpoints, "--timeout", "0.5", "status"],
         capture_output=True, text=True, timeout=30, check=False,
     )
     assert completed.returncode == 3
     assert_one_line(completed.stderr)
-    assert completed.stdout == ""
+    assert "Traceback" not in completed.stdout
+    for endpoint in endpoints.split(","):  # the table still lists every endpoint, as unreachable
+        assert any(endpoint in line and "unreachable" in line for line in completed.stdout.splitlines())
 
 
 # -- --config ------------------------------------------------------------------------------
@@ -405,6 +417,30 @@ def test_status_plain_rows_fill_lag_from_the_leaders_last_index(cluster):
 
 def test_status_json_is_the_list_of_node_statuses(cluster):
     assert json.loads(run("-o", "json", "status").out) == NODES
+
+
+def test_status_without_a_leader_shows_each_nodes_own_view_and_exits_3(cluster):
+    cluster.leaderless = True
+    result = run("status")
+    assert result.code == 3
+    assert "pre-candidate" in result.out and "unreachable" in result.out
+    assert_one_line(result.err)
+    assert "no leader to ask" in result.err
+
+
+def test_status_table_fits_an_80_column_terminal_without_cutting_a_cell():
+    nodes = [*NODES, {"id": 4, "endpoint": "tcp://127.0.0.1:20064", "role": "pre-candidate", "term": 12,
+                      "leader_id": 0, "last_index": 123456, "commit": 123456, "applied": 123400,
+                      "healthy": False}]
+    console = Console(width=80, record=True)
+    console.print(render.make_table(render.status_rows(nodes), render.STATUS_COLUMNS))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for row in render.status_rows(nodes):
+        for cell in row[2:]:
+            assert cell in text, f"{cell!r} was cut"
+    for heading in render.STATUS_COLUMNS:
+        assert heading in text
 
 
 def test_status_watch_needs_the_table_output(cluster):

@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 ELECTION_TIMEOUT_MS = (150, 300)
 HEARTBEAT_MS = 50
 DEFAULT_MAX_VALUE_BYTES = 1024
-DEV_PORTS = range(50051, 50064)
+DEV_PORTS = range(20051, 20064)
 """The dev cluster of conf/cluster.toml may be running on these: never use them."""
 POLL_S = 0.02
 STATUS_TIMEOUT_S = 0.5

@@ -128,6 +128,16 @@ def test_bad_flag_value_exits_2_with_one_line(tmp_path: Path, flag: list[str]) -
     assert flag[-2] in one_line_error(result)
 
 
+@pytest.mark.parametrize("level", ["DEBUG", "debug", "Warning", "CRITICAL"])
+def test_log_level_flag_takes_any_case_as_the_environment_variable_does(tmp_path: Path, level: str) -> None:
+    """`--log-level DEBUG` was refused while RAFTKVD_LOG_LEVEL=DEBUG was accepted."""
+    missing = tmp_path / "nowhere.toml"
+    result = run_cli(RAFTKVD, "run", "--config", str(missing), "--id", "1", "--log-level", level,
+                     timeout=20)
+    assert result.returncode == EXIT_CONFIG
+    assert str(missing) in one_line_error(result), "past the flag: the missing file is the error"
+
+
 # ---- oversized requests -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def endpoint(shared_cluster: ProcCluster) -> str:

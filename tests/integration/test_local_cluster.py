@@ -1,16 +1,18 @@
 """`raftkvd cluster start|stop|status` (SPEC §3): start runs every node of the file in the
-background and returns once a leader is elected; stop ends them by pid, leaving none behind."""
+background and returns once every node serves and a leader is elected (else it names the nodes
+that did not start, and fails); stop ends them by pid, leaving none behind."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cluster import RAFTCTL, RAFTKVD, ProcCluster, run_cli
+from cluster import HOST, RAFTCTL, RAFTKVD, ProcCluster, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,3 +111,22 @@ def test_cluster_start_with_a_bad_file_exits_2_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "cluster.heartbeat_interval_ms" in lines[0], result.stderr
+
+
+def test_cluster_start_names_a_node_that_cannot_bind_and_fails(local: ProcCluster) -> None:
+    """Seen by a user: `cluster ready` while node 2 died of "Address already in use". Start
+    succeeds only when every node serves; otherwise it names each node and its log line."""
+    config = str(local.config_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((HOST, local.specs[2].raft_port))
+        squatter.listen()
+        started = run_cli(RAFTKVD, "cluster", "start", "--config", config, timeout=60)
+    assert started.returncode != 0, started.stdout
+    assert "cluster ready" not in started.stdout
+    problems = [line for line in started.stderr.splitlines() if line.startswith("node ")]
+    assert len(problems) == 1 and problems[0].startswith("node 2: exited"), started.stderr
+    assert "Address already in use" in problems[0] and local.specs[2].raft in problems[0], started.stderr
+    assert "1 of 3 node(s) did not start" in started.stderr
+    stopped = run_cli(RAFTKVD, "cluster", "stop", "--config", config, timeout=60)
+    assert stopped.returncode == 0 and not any(running(p, local.config_path) for p in pids(local).values())

@@ -5,6 +5,8 @@ removed; bad requests get one clear line and change nothing."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -67,6 +69,39 @@ def test_a_new_node_joins_catches_up_and_votes_then_the_leader_is_removed(
     assert set(cluster.status(survivor_leader)["voters"]) == {1, 2, 3, new.id} - {leader}
     kv.put("after-remove", "yes")
     assert kv.get("m/099") == "99" and kv.get("after-remove") == "yes"
+    # the removed node (still running) is not healthy, and answers no membership question
+    wait_for(f"node {leader} to report itself removed",
+             lambda: (st := cluster.status(leader)) is not None and st["member"] is False, 20.0)
+    assert cluster.status(leader)["healthy"] is False
+    assert health_status(cluster, leader) == 503
+    alone = run_cli(RAFTCTL, "-e", cluster.specs[leader].endpoint, "--timeout", "1", "member", "list")
+    assert alone.returncode == 3, "a removed node must not answer with its stale view of the membership"
+
+
+def health_status(cluster: ProcCluster, node_id: int) -> int:
+    url = f"http://127.0.0.1:{cluster.specs[node_id].http_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_member_cannot_be_added_on_addresses_another_member_uses(
+    make_cluster: Callable[..., ProcCluster],
+) -> None:
+    """Seen by a user: `member add 5` with node 1's addresses was accepted, and node 1 then
+    stayed an unhealthy pre-candidate for ~18 s."""
+    cluster = make_cluster()
+    cluster.start_all()
+    one = cluster.specs[1]
+    code, out, err = raftctl(cluster, "member", "add", "5", one.raft, one.client,
+                             f"127.0.0.1:{one.http_port}")
+    assert code == 4, (code, out, err)
+    assert f"raft address {one.raft} is already used by node 1" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert set(members(cluster)) == {1, 2, 3}
+    assert health_status(cluster, 1) == 200
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,8 @@ def config_error(path: Path, **kwargs: Any) -> SettingsError:
 
 
 def test_repo_cluster_file_is_the_three_local_nodes_of_the_spec(monkeypatch, tmp_path: Path) -> None:
+    """The spec's layout, on ports below Linux's ephemeral range (32768-60999): the spec's
+    example 50051 sits inside it, where any outgoing connection may hold a node's port."""
     monkeypatch.chdir(tmp_path)
     settings = load_settings(REPO / "conf" / "cluster.toml", node_id=2, env=NO_ENV)
     cluster = settings.cluster
@@ -96,10 +98,12 @@ def test_repo_cluster_file_is_the_three_local_nodes_of_the_spec(monkeypatch, tmp
     assert cluster.heartbeat_interval_ms == 50
     assert cluster.max_value_bytes == 1048576
     assert [(n.id, n.raft, n.client, n.http) for n in cluster.nodes] == [
-        (1, "tcp://127.0.0.1:50051", "tcp://127.0.0.1:50061", "127.0.0.1:8080"),
-        (2, "tcp://127.0.0.1:50052", "tcp://127.0.0.1:50062", "127.0.0.1:8081"),
-        (3, "tcp://127.0.0.1:50053", "tcp://127.0.0.1:50063", "127.0.0.1:8082"),
+        (1, "tcp://127.0.0.1:20051", "tcp://127.0.0.1:20061", "127.0.0.1:8080"),
+        (2, "tcp://127.0.0.1:20052", "tcp://127.0.0.1:20062", "127.0.0.1:8081"),
+        (3, "tcp://127.0.0.1:20053", "tcp://127.0.0.1:20063", "127.0.0.1:8082"),
     ]
+    ports = [int(address.rpartition(":")[2]) for n in cluster.nodes for address in (n.raft, n.client, n.http)]
+    assert all(port < 32768 for port in ports)
     assert settings.node == cluster.node(2)
     assert settings.node.data_dir == tmp_path / "data" / "node2"
     assert settings.log_level == "INFO"
@@ -107,7 +111,7 @@ def test_repo_cluster_file_is_the_three_local_nodes_of_the_spec(monkeypatch, tmp
 
 def test_three_host_example_is_valid_and_shares_one_data_dir_path_across_hosts() -> None:
     cluster = load_cluster(REPO / "conf" / "cluster-3hosts.toml", env=NO_ENV)
-    assert [n.raft for n in cluster.nodes] == [f"tcp://10.0.0.{i}:50051" for i in (1, 2, 3)]
+    assert [n.raft for n in cluster.nodes] == [f"tcp://10.0.0.{i}:20051" for i in (1, 2, 3)]
     assert len({n.data_dir for n in cluster.nodes}) == 1
 
 
