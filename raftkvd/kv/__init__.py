@@ -1,0 +1,1 @@
+"""The replicated key-value state: the commands the log carries and the state machine (LMDB)."""

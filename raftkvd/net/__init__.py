@@ -1,0 +1,1 @@
+"""What crosses a socket: peer links and their frames, the client endpoint, the status fetch."""

@@ -1,0 +1,1 @@
+"""Durable state: one LMDB environment and the Raft log kept in it."""
