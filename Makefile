@@ -9,7 +9,7 @@ DURATION ?= 600
 NODES  ?=
 PYTEST_ARGS ?=
 
-.PHONY: install build run stop status test sim chaos coverage bench lint clean
+.PHONY: install build run stop status test sim chaos coverage bench bench-compare lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ coverage: install  ## line coverage of the consensus core by its tests
 
 bench: install  ## throughput and latency of a fresh local cluster (medians of 5 runs)
 	$(PY) -m tests.bench.run
+
+bench-compare: install  ## raftkv against etcd, side by side (wrk; medians of 3 passes each)
+	$(PY) -m tests.bench.compare $(if $(PASSES),--passes $(PASSES),)
 
 lint: install
 	$(VENV)/bin/ruff check raftkvd raftctl tests

@@ -1,0 +1,417 @@
+"""`make bench-compare`: raftkv against etcd on this machine, side by side, with the same load.
+
+    python -m tests.bench.compare [--passes 3] [--duration 20] [--out artifacts/bench-compare.json]
+
+Each pass starts a fresh 3-member cluster of each system on free loopback ports (etcd from
+Debian's etcd-server, installed with apt-get when missing and we are root), one system at a
+time, alternating which goes first. On each: wrk -t2 -c64 writes to the leader's HTTP port
+for DURATION s (tests/bench/workload.lua: 100-byte values over 10,000 keys), then -t1 -c1
+writes for 3/4 of it, then -t2 -c64 linearizable reads; then kill -9 of the leader three times,
+timing the first write acknowledged through another member; raftkv also runs its native
+`raftctl bench put --clients 64`. It prints the medians of the passes with raftkv/etcd ratios,
+the CPU each process used during the 64-connection writes (% of one core) and memory (RSS),
+and writes all of it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "integration")]
+
+from cluster import RAFTCTL, ProcCluster, run_cli  # noqa: E402
+
+LUA = HERE / "workload.lua"
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FAILOVERS = 3
+TRY_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 30.0
+NATIVE_TOTAL = 50_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def http_json(port: int, method: str, path: str, body: dict | None = None,
+              timeout: float = TRY_TIMEOUT_S) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw
+    finally:
+        connection.close()
+
+
+def wait(what: str, probe: Any, timeout: float = START_TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class System(ABC):
+    name: str
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def leader(self) -> int: ...
+
+    @abstractmethod
+    def http_port(self, node: int) -> int: ...
+
+    @abstractmethod
+    def processes(self) -> dict[str, int]:
+        """Role name ("leader", "leader http", "follower 2", ...) -> pid, for the CPU split."""
+
+    @abstractmethod
+    def kill(self, node: int) -> None: ...
+
+    @abstractmethod
+    def restart(self, node: int) -> None: ...
+
+    @abstractmethod
+    def write_once(self, node: int, key: str) -> bool: ...
+
+    nodes = (1, 2, 3)
+
+
+class Raftkv(System):
+    name = "raftkv"
+
+    def __init__(self, root: Path) -> None:
+        self.cluster = ProcCluster(root, max_value_bytes=1024 * 1024, log_level="warning")
+
+    def start(self) -> None:
+        self.cluster.start_all()
+
+    def stop(self) -> None:
+        self.cluster.close()
+
+    def leader(self) -> int:
+        return self.cluster.wait_for_leader()
+
+    def http_port(self, node: int) -> int:
+        return self.cluster.specs[node].http_port
+
+    def processes(self) -> dict[str, int]:
+        leader = self.leader()
+        found = {}
+        for node in self.nodes:
+            if not self.cluster.is_running(node):
+                continue
+            role = "leader" if node == leader else f"follower {node}"
+            pid = self.cluster.pid(node)
+            found[role] = pid
+            for child in children(pid):
+                found[f"{role} http"] = child
+        return found
+
+    def kill(self, node: int) -> None:
+        self.cluster.kill(node)
+
+    def restart(self, node: int) -> None:
+        self.cluster.start(node)
+        self.cluster.wait_http(node)
+        wait(f"node {node} healthy", lambda: http_json(self.http_port(node), "GET", "/health")[0] == 200)
+
+    def write_once(self, node: int, key: str) -> bool:
+        return http_json(self.http_port(node), "PUT", f"/kv/{key}", {"value": "v"})[0] == 200
+
+    def native_bench(self) -> dict[str, Any]:
+        result = run_cli(RAFTCTL, "-e", ",".join(self.cluster.endpoints()), "-o", "json", "bench", "put",
+                         "--clients", "64", "--total", str(NATIVE_TOTAL), "--value-size", "100",
+                         timeout=600)
+        return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+
+
+class Etcd(System):
+    name = "etcd"
+    binary = "etcd"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.client = {n: free_port() for n in self.nodes}
+        self.peer = {n: free_port() for n in self.nodes}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.ids: dict[int, str] = {}
+
+    def _command(self, node: int, state: str) -> list[str]:
+        cluster = ",".join(f"n{n}=http://{HOST}:{self.peer[n]}" for n in self.nodes)
+        return [
+            self.binary, "--name", f"n{node}", "--data-dir", str(self.root / f"n{node}"),
+            "--listen-client-urls", f"http://{HOST}:{self.client[node]}",
+            "--advertise-client-urls", f"http://{HOST}:{self.client[node]}",
+            "--listen-peer-urls", f"http://{HOST}:{self.peer[node]}",
+            "--initial-advertise-peer-urls", f"http://{HOST}:{self.peer[node]}",
+            "--initial-cluster", cluster, "--initial-cluster-state", state,
+            "--initial-cluster-token", "bench", "--log-level", "error", "--logger", "zap",
+        ]
+
+    def _spawn(self, node: int, state: str) -> None:
+        log = open(self.root / f"n{node}.log", "ab")  # noqa: SIM115 - kept open by the child
+        self.procs[node] = subprocess.Popen(self._command(node, state), stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            self._spawn(node, "new")
+        for node in self.nodes:
+            wait(f"etcd n{node}", lambda n=node: self._status(n) is not None)
+        self.leader()
+
+    def _status(self, node: int) -> dict | None:
+        status, body = http_json(self.client[node], "POST", "/v3/maintenance/status", {})
+        return body if status == 200 and isinstance(body, dict) and body.get("leader") else None
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait()
+
+    def leader(self) -> int:
+        def find() -> int | None:
+            for node in self.nodes:
+                if self.procs[node].poll() is not None:
+                    continue
+                status = self._status(node)
+                if status is not None and status["leader"] == status["header"]["member_id"]:
+                    return node
+            return None
+
+        return wait("an etcd leader", find)
+
+    def http_port(self, node: int) -> int:
+        return self.client[node]
+
+    def processes(self) -> dict[str, int]:
+        leader = self.leader()
+        return {("leader" if n == leader else f"follower {n}"): p.pid for n, p in self.procs.items()
+                if p.poll() is None}
+
+    def kill(self, node: int) -> None:
+        self.procs[node].send_signal(signal.SIGKILL)
+        self.procs[node].wait()
+
+    def restart(self, node: int) -> None:
+        self._spawn(node, "existing")
+        wait(f"etcd n{node} back", lambda: self._status(node) is not None)
+
+    def write_once(self, node: int, key: str) -> bool:
+        import base64
+
+        body = {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(b"v").decode()}
+        status, reply = http_json(self.client[node], "POST", "/v3/kv/put", body)
+        return status == 200 and isinstance(reply, dict) and "header" in reply
+
+
+def wrk(port: int, system: str, op: str, connections: int, seconds: int) -> dict[str, Any]:
+    threads = min(2, connections)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA),
+         f"http://{HOST}:{port}", "--", system, op],
+        capture_output=True, text=True, check=True, timeout=seconds + 60)
+    line = next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{"))
+    return json.loads(line)
+
+
+def measured(system: System, op: str, connections: int, seconds: int) -> dict[str, Any]:
+    """One wrk run at the leader, with the CPU each process used meanwhile (% of one core)."""
+    procs = system.processes()
+    before = {role: cpu_ticks(pid) for role, pid in procs.items()}
+    started = time.monotonic()
+    result = wrk(system.http_port(system.leader()), system.name, op, connections, seconds)
+    wall = time.monotonic() - started
+    result["cpu_percent"] = {role: round(100 * (cpu_ticks(pid) - before[role]) / CLK_TCK / wall, 1)
+                             for role, pid in procs.items()}
+    result["rss_mb"] = {role: round(rss_mb(pid), 1) for role, pid in procs.items()}
+    return result
+
+
+def failover(system: System) -> list[float]:
+    """kill -9 of the leader, FAILOVERS times: ms until a write through another member is answered."""
+    times = []
+    for attempt in range(FAILOVERS):
+        old = system.leader()
+        other = next(n for n in system.nodes if n != old)
+        started = time.monotonic()
+        system.kill(old)
+        n = 0
+        while True:
+            n += 1
+            try:
+                if system.write_once(other, f"failover/{attempt}/{n}"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - started > 30:
+                raise RuntimeError(f"{system.name}: no write within 30 s of killing node {old}")
+        times.append(round((time.monotonic() - started) * 1000, 1))
+        system.restart(old)
+        system.leader()
+    return times
+
+
+def run_pass(system: System, seconds: int) -> dict[str, Any]:
+    system.start()
+    try:
+        idle = {role: round(rss_mb(pid), 1) for role, pid in system.processes().items()}
+        result: dict[str, Any] = {"rss_idle_mb": idle}
+        result["writes_64"] = measured(system, "put", 64, seconds)
+        result["writes_1"] = measured(system, "put", 1, max(5, seconds * 3 // 4))
+        result["reads_64"] = measured(system, "get", 64, seconds)
+        if isinstance(system, Raftkv):
+            result["native_put_64"] = system.native_bench()
+        result["failover_ms"] = failover(system)
+        return result
+    finally:
+        system.stop()
+
+
+def ensure_etcd() -> None:
+    if shutil.which("etcd") and shutil.which("wrk"):
+        return
+    if os.geteuid() != 0:
+        sys.exit("bench-compare needs etcd and wrk: apt-get install -y etcd-server wrk (as root)")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server", "wrk"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def summarize(passes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    def med(system: str, pick: Any) -> float:
+        return statistics.median(pick(p) for p in passes[system])
+
+    rows = {
+        "REST writes, 64 connections (req/s)": lambda p: p["writes_64"]["requests_per_s"],
+        "REST writes, 1 connection, p50 (ms)": lambda p: p["writes_1"]["p50_ms"],
+        "linearizable REST reads, 64 connections (req/s)": lambda p: p["reads_64"]["requests_per_s"],
+        "failover, kill -9 -> first write (ms)": lambda p: statistics.median(p["failover_ms"]),
+    }
+    table = {}
+    for label, pick in rows.items():
+        raftkv, etcd = med("raftkv", pick), med("etcd", pick)
+        table[label] = {"raftkv": raftkv, "etcd": etcd, "ratio": round(raftkv / etcd, 2) if etcd else None}
+    native = [p["native_put_64"].get("ops_per_sec", 0.0) for p in passes["raftkv"]]
+    table["native raftctl bench put, 64 clients (ops/s)"] = {"raftkv": statistics.median(native)}
+    return table
+
+
+def cpu_split(passes: list[dict[str, Any]], key: str) -> dict[str, float]:
+    roles = sorted({role for p in passes for role in p[key]["cpu_percent"]})
+    return {role: statistics.median(p[key]["cpu_percent"].get(role, 0.0) for p in passes) for role in roles}
+
+
+def print_report(table: dict[str, Any], passes: dict[str, list[dict[str, Any]]]) -> None:
+    print(f"\n{'':52} {'raftkv':>10} {'etcd':>10} {'raftkv/etcd':>12}")
+    for label, row in table.items():
+        etcd = f"{row['etcd']:.2f}" if "etcd" in row else "-"
+        ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"
+        print(f"{label:52} {row['raftkv']:>10.2f} {etcd:>10} {ratio:>12}")
+    for name, runs in passes.items():
+        split = cpu_split(runs, "writes_64")
+        print(f"{name} CPU during 64-connection writes (% of a core, median): "
+              + ", ".join(f"{role} {value:.0f}" for role, value in split.items()))
+        idle = statistics.median(sum(p["rss_idle_mb"].values()) for p in runs)
+        load = statistics.median(sum(p["writes_64"]["rss_mb"].values()) for p in runs)
+        print(f"{name} RSS of all processes: idle {idle:.0f} MB, after the write load {load:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=20, help="seconds of each 64-connection run")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench-compare.json"))
+    parser.add_argument("--only", choices=["raftkv", "etcd"], help="one system (no ratios)")
+    args = parser.parse_args()
+    ensure_etcd()
+    passes: dict[str, list[dict[str, Any]]] = {"raftkv": [], "etcd": []}
+    makers = {"raftkv": Raftkv, "etcd": Etcd}
+    for number in range(args.passes):
+        order = ["etcd", "raftkv"] if number % 2 == 0 else ["raftkv", "etcd"]
+        for name in order:
+            if args.only and name != args.only:
+                continue
+            root = Path(tempfile.mkdtemp(prefix=f"bench-compare-{name}-"))
+            try:
+                print(f"pass {number + 1}: {name}", flush=True)
+                result = run_pass(makers[name](root), args.duration)
+                passes[name].append(result)
+                print(json.dumps({k: v for k, v in result.items() if k != "rss_idle_mb"}), flush=True)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+    if args.only:
+        return
+    table = summarize(passes)
+    print_report(table, passes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"table": table, "passes": passes}, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
