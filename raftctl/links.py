@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_batch, encode_batch
 from raftkv.routing import Call
 from raftkv.sockets import close_link, dropped, open_link
 
@@ -47,7 +47,7 @@ class _Active:
 @dataclass(slots=True)
 class _Queued:
     request_id: int
-    frame: bytes
+    message: Reply
     queued_at: float
 
 
@@ -98,8 +98,12 @@ class Links:
         return len(self._active)
 
     def poll(self, max_wait: float) -> None:
-        """Wait up to `max_wait` seconds for something to happen to the calls, and handle it."""
+        """Send what is queued, then wait up to `max_wait` seconds for something to happen to
+        the calls, and handle it."""
         now = time.monotonic()
+        for link in self._links.values():
+            if link.queue:
+                self._flush(link, now)
         self._expire(now)
         wake = min([a.call.wakeup() for a in self._active] + [now + max_wait])
         for link in self._links.values():
@@ -139,27 +143,27 @@ class Links:
         return link
 
     def _send(self, active: _Active, endpoints: list[str], now: float) -> None:
+        """Queue a try per endpoint; the next `poll` sends each link's queue in one frame."""
         for endpoint in endpoints:
             request_id = next(self._ids)
-            frame = encode_client({**active.request, "id": request_id})
             link = self._link(endpoint)
             self._tries[request_id] = (active, endpoint)
             active.tries.add(request_id)
-            link.queue.append(_Queued(request_id, frame, now))
-            self._flush(link, now)
+            link.queue.append(_Queued(request_id, active.request, now))
 
     def _flush(self, link: _Link, now: float) -> None:
-        """Send what waits for this link while its connection takes it."""
-        while link.queue:
-            queued = link.queue[0]
-            if queued.request_id not in self._tries:
-                link.queue.popleft()  # its call is over
-                continue
-            try:
-                link.socket.send(queued.frame, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            link.queue.popleft()
+        """Send what waits for this link, in one frame, if its connection takes it."""
+        waiting = [queued for queued in link.queue if queued.request_id in self._tries]
+        if not waiting:
+            link.queue.clear()  # their calls are over
+            return
+        frame = encode_batch([{**queued.message, "id": queued.request_id} for queued in waiting])
+        try:
+            link.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        link.queue.clear()
+        for queued in waiting:
             link.sent.add(queued.request_id)
             active, endpoint = self._tries[queued.request_id]
             active.call.sent(endpoint, now)
@@ -172,20 +176,24 @@ class Links:
             except zmq.Again:
                 return
             try:
-                reply = decode_client(frame)
+                replies, _ = decode_batch(frame)
             except FrameError:
                 continue
-            request_id = reply.get("id")
-            if type(request_id) is not int:
-                continue
-            link.sent.discard(request_id)
-            owner = self._tries.get(request_id)
-            if owner is None:
-                continue  # a late answer to a call that is over
-            active, endpoint = owner
-            self._forget_try(active, request_id)
-            self._send(active, active.call.answered(endpoint, reply, now), now)
-            self._finish_if_done(active)
+            for reply in replies:
+                self._answered(link, reply, now)
+
+    def _answered(self, link: _Link, reply: Reply, now: float) -> None:
+        request_id = reply.get("id")
+        if type(request_id) is not int:
+            return
+        link.sent.discard(request_id)
+        owner = self._tries.get(request_id)
+        if owner is None:
+            return  # a late answer to a call that is over
+        active, endpoint = owner
+        self._forget_try(active, request_id)
+        self._send(active, active.call.answered(endpoint, reply, now), now)
+        self._finish_if_done(active)
 
     def _lose_sent(self, link: _Link, now: float) -> None:
         """The connection dropped: whatever it carried will not be answered."""

@@ -1,6 +1,7 @@
 """The client protocol spoken on each node's `client` endpoint (ZeroMQ ROUTER).
 
-A client DEALER sends one msgpack map per request; the node answers with one map.
+A client DEALER sends one msgpack map per request, or an array of them in one frame (a
+batch, raftkv/frames.py); the node answers a map with a map and a batch's requests in batches.
 Shared by the daemon (raftkvd.net.clientendpoint) and the client library (raftctl.client) so the
 two can never disagree about names.
 

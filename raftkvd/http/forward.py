@@ -26,11 +26,12 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_batch, encode_batch
 from raftkv.routing import Call, Outcome, Route, Router
 from raftkv.sockets import close_link, dropped, open_link
 from raftkvd.errors import Unavailable
@@ -83,48 +84,55 @@ class _Link:
         self.socket, self.monitor = open_link(ctx, endpoint)
         self.pending: dict[int, asyncio.Future[Reply | None]] = {}
         self.sent: set[int] = set()
-        self._senders: set[asyncio.Task[None]] = set()
-        """Sends waiting for a connection (cancelled with the link)."""
+        self._outgoing: list[_Outgoing] = []
+        """Tries to send at the end of this loop iteration, in one frame (raftkv/frames.py)."""
+        self._flush_scheduled = False
+        self._retry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._fd = self.socket.getsockopt(zmq.FD)
         self._monitor_fd = self.monitor.getsockopt(zmq.FD)
         self._loop.add_reader(self._fd, self._drain)
         self._loop.add_reader(self._monitor_fd, self._watch)
 
-    def start(self, req_id: int, frame: bytes, on_sent: Callable[[], None]) -> asyncio.Future[Reply | None]:
-        """Send `frame` as try `req_id`: its reply, or None once the try is lost."""
+    def start(self, req_id: int, message: Reply, on_sent: Callable[[], None]) -> asyncio.Future[Reply | None]:
+        """Send `message` as try `req_id`: its reply, or None once the try is lost."""
         future: asyncio.Future[Reply | None] = self._loop.create_future()
         self.pending[req_id] = future
         future.add_done_callback(lambda _: self._forget(req_id))
-        if not self._try_send(req_id, frame, on_sent):
-            sender = self._loop.create_task(self._send_later(req_id, frame, on_sent, future))
-            self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
+        self._outgoing.append(_Outgoing(req_id, message, on_sent, future, self._loop.time()))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         return future
 
-    def _try_send(self, req_id: int, frame: bytes, on_sent: Callable[[], None]) -> bool:
+    def _flush(self) -> None:
+        """Send every try queued since the last flush in one frame; if not connected (yet)
+        or the queue is full, retry briefly, and lose the tries that waited too long."""
+        self._flush_scheduled = False
+        self._retry = None
+        waiting = [item for item in self._outgoing if not item.future.done()]
+        self._outgoing = []
+        if not waiting:
+            return
+        frame = encode_batch([{**item.message, "id": item.req_id} for item in waiting])
         try:
             self.socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
-            return False
+            now = self._loop.time()
+            for item in waiting:
+                if now - item.queued_at >= CONNECT_TIMEOUT_S:
+                    _resolve(item.future, None)
+                else:
+                    self._outgoing.append(item)
+            if self._outgoing:
+                self._retry = self._loop.call_later(SEND_RETRY_S, self._flush)
+            return
         finally:
             if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._loop.call_soon(self._drain)
-        self.sent.add(req_id)
-        on_sent()
-        return True
-
-    async def _send_later(self, req_id: int, frame: bytes, on_sent: Callable[[], None],
-                          future: asyncio.Future[Reply | None]) -> None:
-        """Not connected (yet) or the queue is full: retry briefly, then the try is lost."""
-        deadline = self._loop.time() + CONNECT_TIMEOUT_S
-        while not future.done():
-            await asyncio.sleep(SEND_RETRY_S)
-            if future.done() or self._try_send(req_id, frame, on_sent):
-                return
-            if self._loop.time() >= deadline:
-                _resolve(future, None)
-                return
+        for item in waiting:
+            self.sent.add(item.req_id)
+            item.on_sent()
 
     def _forget(self, req_id: int) -> None:
         self.pending.pop(req_id, None)
@@ -142,13 +150,14 @@ class _Link:
 
     def _deliver(self, frame: bytes) -> None:
         try:
-            reply = decode_client(frame)
+            replies, _ = decode_batch(frame)
         except FrameError:
             return
-        req_id = reply.get("id")
-        future = self.pending.get(req_id) if type(req_id) is int else None
-        if future is not None:
-            _resolve(future, reply)
+        for reply in replies:
+            req_id = reply.get("id")
+            future = self.pending.get(req_id) if type(req_id) is int else None
+            if future is not None:
+                _resolve(future, reply)
 
     def _watch(self) -> None:
         """The connection dropped: the tries it carried will not be answered."""
@@ -161,13 +170,22 @@ class _Link:
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
         self._loop.remove_reader(self._monitor_fd)
-        for sender in list(self._senders):
-            sender.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
         for future in list(self.pending.values()):
             if not future.done():
                 future.set_exception(Closed("node shutting down"))
         self.pending.clear()
         close_link(self.socket, self.monitor)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    req_id: int
+    message: Reply
+    on_sent: Callable[[], None]
+    future: asyncio.Future[Reply | None]
+    queued_at: float
 
 
 def _resolve(future: asyncio.Future[Reply | None], value: Reply | None) -> None:
@@ -286,10 +304,8 @@ class ForwardClient:
 
         def launch(endpoints: list[str]) -> None:
             for endpoint in endpoints:
-                req_id = next(self._ids)
-                frame = encode_client({**request, "id": req_id})
                 on_sent = functools.partial(wake.sent, endpoint)
-                tries[self._link(endpoint).start(req_id, frame, on_sent)] = endpoint
+                tries[self._link(endpoint).start(next(self._ids), request, on_sent)] = endpoint
 
         launch(call.start())
         try:

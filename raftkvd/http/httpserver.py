@@ -1,6 +1,7 @@
-"""The HTTP server of one node: aiohttp on a uvloop of its own thread, in the node's HTTP
-process (process.py, worker.py), serving the REST API (rest.py) behind the connection
-guards (guards.py), with the node's status polled for /health and /ready.
+"""The HTTP server of one node: our own HTTP/1.1 connections (connection.py, httptools) on a
+uvloop of its own thread, in the node's HTTP process (process.py, worker.py), serving the REST
+API (rest.py) behind the connection cap (guards.py), with the node's status polled for
+/health and /ready.
 
 A slow or hostile HTTP client can cost the HTTP process time, never the Raft loop a turn.
 Requests in progress are bounded by the body timeout and the forwarder's deadline, and the
@@ -19,15 +20,15 @@ from collections.abc import Callable
 
 import uvloop
 import zmq
-from aiohttp import web
 
 from raftkv import protocol
 from raftkv.protocol import Code
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import HttpMetrics, Snapshot
 
+from .connection import HttpConnection, Limits
 from .forward import ForwardClient
-from .guards import IDLE_TIMEOUT_S, ConnectionGuard, Refuse, aiohttp_log, connection_cap
+from .guards import BadRequestLog, Refuse, connection_cap
 from .rest import RestApi
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT_S = 2.0
 BIND_RETRY_S = 3.0
 START_TIMEOUT_S = 10.0
-MAX_LINE_BYTES = 8 * 1024
-MAX_HEADER_FIELD_BYTES = 8 * 1024
-MAX_HEADERS = 64
 STATUS_POLL_S = 0.1
 """How often the server asks its node for a fresh status (for /health and /ready)."""
 
@@ -137,25 +135,18 @@ class HttpServer:
         ctx = zmq.Context()
         forward = ForwardClient(ctx, self.local_client)
         poller = StatusPoller(forward)
-        guards: dict[asyncio.BaseTransport, ConnectionGuard] = {}
-        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes, guards)
-        runner = web.AppRunner(
-            api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            keepalive_timeout=IDLE_TIMEOUT_S, lingering_time=1.0, max_line_size=MAX_LINE_BYTES,
-            max_field_size=MAX_HEADER_FIELD_BYTES, max_headers=MAX_HEADERS, logger=aiohttp_log,
-        )
+        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes)
+        limits = Limits(api.body_limit, BadRequestLog())
+        connections: set[HttpConnection] = set()
+        cap = connection_cap()
+
+        def protocol_factory() -> asyncio.BaseProtocol:
+            if len(connections) >= cap:
+                return Refuse()
+            return HttpConnection(api.handle, limits, connections)
+
         server: asyncio.Server | None = None
         try:
-            await runner.setup()
-            handlers = runner.server
-            assert handlers is not None
-            cap = connection_cap()
-
-            def protocol_factory() -> asyncio.BaseProtocol:
-                if len(handlers.connections) >= cap:
-                    return Refuse()
-                return ConnectionGuard(handlers(), guards, IDLE_TIMEOUT_S)
-
             server = await _listen(loop, protocol_factory, self.address)
             self.port = server.sockets[0].getsockname()[1]
             self._started.set()
@@ -167,8 +158,9 @@ class HttpServer:
         finally:
             if server is not None:
                 server.close()
+            for connection in list(connections):
+                connection.close()
             forward.close()
-            await runner.cleanup()
             ctx.destroy(linger=0)
 
 

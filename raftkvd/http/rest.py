@@ -1,4 +1,5 @@
-"""The REST API of one node (SPEC §5): the aiohttp handlers, their validation and errors.
+"""The REST API of one node (SPEC §5): routing, validation and errors, on connection.py's
+requests and responses.
 
 The handlers never touch the consensus core or LMDB: key-value requests, /cluster, /metrics
 and the node's status travel over the node's own ZeroMQ client protocol (forward.py).
@@ -8,16 +9,13 @@ and the node's status travel over the node's own ZeroMQ client protocol (forward
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
+from typing import Any
 
 from raftkv import protocol
 from raftkv.protocol import Code
@@ -25,27 +23,24 @@ from raftkvd.errors import Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from raftkvd.metrics import HttpMetrics, Snapshot
 
+from .connection import JSON_TYPE, Request, Response, error_response, json_response
 from .forward import ForwardClient, NoLeader
-from .webview import WebView
-
-if TYPE_CHECKING:
-    from .guards import ConnectionGuard
+from .webview import STATIC_PREFIX, WebView
 
 log = logging.getLogger(__name__)
 
 BODY_SLACK_BYTES = 64 * 1024
 """Room for the JSON around a value of max_value_bytes (and some escapes) in a PUT body."""
-BODY_TIMEOUT_S = 10.0
 MAX_QUERY_FIELDS = 16
 MAX_LIST_LIMIT = 2**32
 STATUS_STALE_S = 2.0
 """A node whose latest status is older than this is stuck: /health says unhealthy."""
-RETRY_AFTER_S = "1"
 OPENAPI_RESOURCE = "openapi.json"
 KV_PREFIX = "/kv/"
+KV_ROUTE = "/kv/{key}"
+STATIC_ROUTE = STATIC_PREFIX + "{name}"
 UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
-_JSON_CONTENT_TYPE = "application/json"
 _REPLY_STATUS = {
     Code.INVALID.value: 400,
     Code.NOT_FOUND.value: 404,
@@ -54,7 +49,7 @@ _REPLY_STATUS = {
     Code.NO_SPACE.value: 507,
 }
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(Exception):
@@ -63,20 +58,6 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def error_response(http_status: int, message: str, **extra: Any) -> web.Response:
-    return _json({"error": message, **extra}, http_status)
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response; every 503 also says when to retry."""
-    if status == 503:
-        headers = {**(headers or {}), "Retry-After": RETRY_AFTER_S}
-    return web.Response(
-        body=json.dumps(data, ensure_ascii=False).encode(), status=status,
-        content_type=_JSON_CONTENT_TYPE, headers=headers,
-    )
 
 
 def _load_openapi() -> bytes:
@@ -92,82 +73,66 @@ class RestApi:
         snapshot: Callable[[], Snapshot | None],
         metrics: HttpMetrics | None,
         max_value_bytes: int,
-        guards: dict[asyncio.BaseTransport, ConnectionGuard] | None = None,
     ) -> None:
         self.forward = forward
-        self.guards = guards if guards is not None else {}
         self.snapshot = snapshot
         self.metrics = metrics
         self.max_value_bytes = max_value_bytes
         self.body_limit = max_value_bytes + BODY_SLACK_BYTES
         self.openapi = _load_openapi()
         self.web = WebView()
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.body_limit, middlewares=[self._middleware])
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/ready", self.ready)
-        app.router.add_get("/cluster", self.cluster)
-        app.router.add_get("/metrics", self.metrics_text)
-        app.router.add_get("/openapi.json", self.openapi_json)
-        self.web.add_routes(app.router)  # GET /: the live web view
-        app.router.add_get("/kv", self.kv_list)
-        # any character, newlines included: the key itself is taken from the raw path (_key)
-        app.router.add_get("/kv/{key:[\\s\\S]*}", self.kv_get)
-        app.router.add_put("/kv/{key:[\\s\\S]*}", self.kv_put)
-        app.router.add_delete("/kv/{key:[\\s\\S]*}", self.kv_delete)
+        self.routes: dict[str, dict[str, Handler]] = {
+            "/health": {"GET": self.health},
+            "/ready": {"GET": self.ready},
+            "/cluster": {"GET": self.cluster},
+            "/metrics": {"GET": self.metrics_text},
+            "/openapi.json": {"GET": self.openapi_json},
+            "/": {"GET": self.web.index},
+            STATIC_ROUTE: {"GET": self.web.static},
+            "/kv": {"GET": self.kv_list},
+            KV_ROUTE: {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete},
+        }
+        """Route template -> method -> handler; HEAD is answered as GET, without the body."""
         if self.metrics is not None:
-            for route in app.router.routes():
-                if route.method != "HEAD":
-                    self.metrics.declare(route.method, route.resource.canonical, 200)
-        return app
+            for route, methods in self.routes.items():
+                for method in methods:
+                    self.metrics.declare(method, route, 200)
+
+    @staticmethod
+    def route_of(path: str) -> str:
+        if path.startswith(KV_PREFIX):
+            return KV_ROUTE  # any character after the prefix: the key is taken from the raw path
+        if path.startswith(STATIC_PREFIX):
+            return STATIC_ROUTE
+        return path
 
     # ---- errors and metrics, around every handler --------------------------------------
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        guard = self.guards.get(request.transport) if request.transport is not None else None
-        if guard is not None:
-            guard.busy += 1
-        try:
-            response = await self._answer(request, handler)
-        finally:
-            if guard is not None:
-                guard.request_done()
+        route = self.route_of(request.path)
+        methods = self.routes.get(route)
+        if methods is None:
+            route = UNMATCHED_ROUTE
+        response = await self._answer(request, methods)
         if self.metrics is not None:
-            resource_ = getattr(request.match_info.route, "resource", None)
-            route = resource_.canonical if resource_ is not None else UNMATCHED_ROUTE
             method = request.method if request.method in KNOWN_METHODS else "OTHER"
             self.metrics.observe(method, route, response.status, time.perf_counter() - started)
         return response
 
-    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        length = request.content_length
-        if length is not None and length > self.body_limit:
-            # Answer from the header alone and drop the connection: the body is never read.
-            response = error_response(
-                413, f"request body is {length} bytes, the limit is {self.body_limit}"
-            )
-            response.force_close()
-            return response
+    async def _answer(self, request: Request, methods: dict[str, Handler] | None) -> Response:
+        if methods is None:
+            return error_response(404, f"no such resource: {request.path}")
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
+        if handler is None:
+            allow = ",".join(sorted({*methods, "HEAD"} if "GET" in methods else set(methods)))
+            return json_response({"error": f"method {request.method} not allowed; allowed: {allow}"},
+                                 405, [("Allow", allow)])
         try:
             return await handler(request)
         except BadRequest as exc:
             return error_response(exc.status, str(exc))
         except Unavailable as exc:
             return error_response(503, f"unavailable: {exc}")
-        except web.HTTPRequestEntityTooLarge:
-            response = error_response(413, f"request body is over the limit of {self.body_limit} bytes")
-            response.force_close()
-            return response
-        except web.HTTPException as exc:  # the router's 404 and 405
-            if exc.status == 405:
-                allow = exc.headers.get("Allow", "")
-                return _json({"error": f"method {request.method} not allowed; allowed: {allow}"},
-                             405, {"Allow": allow})
-            if exc.status == 404:
-                return error_response(404, f"no such resource: {request.path}")
-            return error_response(exc.status, exc.reason)
         except Exception:
             log.exception("event=http_handler_error method=%s path=%.200s", request.method, request.path)
             return error_response(500, "internal error")
@@ -183,7 +148,7 @@ class RestApi:
             return snap.status, f"node status is {age:.1f}s old: the node loop is stuck"
         return snap.status, None
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self, request: Request) -> Response:
         st, problem = self._status()
         if not st:  # the same shape, with nothing known yet
             return error_response(503, problem or "no status", status="unhealthy", keys=None,
@@ -199,20 +164,20 @@ class RestApi:
             "leader_id": st["leader_id"] or None,
         }
         if problem:
-            return _json({**body, "error": problem}, 503)
-        return _json(body)
+            return json_response({**body, "error": problem}, 503)
+        return json_response(body)
 
-    async def ready(self, request: web.Request) -> web.Response:
+    async def ready(self, request: Request) -> Response:
         st, problem = self._status()
         if problem is None and not st.get("ready"):
             problem = ("no leader known" if not st.get("healthy")
                        else "still applying what was committed when the node started")
         if problem:
             return error_response(503, problem, status="not ready")
-        return _json({"status": "ready", "node_id": st["id"], "leader_id": st["leader_id"],
-                      "applied": st["applied"]})
+        return json_response({"status": "ready", "node_id": st["id"], "leader_id": st["leader_id"],
+                              "applied": st["applied"]})
 
-    async def cluster(self, request: web.Request) -> web.Response:
+    async def cluster(self, request: Request) -> Response:
         """Every member, as the leader sees them; with no leader, 503 with this node's own
         view in "nodes", so the web view still shows what it can."""
         try:
@@ -220,22 +185,20 @@ class RestApi:
         except NoLeader as exc:
             own = await self.forward.local_call({"op": protocol.Op.STATUS.value})
             nodes = [{**own["status"], "reachable": True}] if own.get("code") == Code.OK.value else []
-            return _json({"error": f"unavailable: no leader ({exc})", "nodes": nodes}, 503)
-        return _json(reply["nodes"])
+            return json_response({"error": f"unavailable: no leader ({exc})", "nodes": nodes}, 503)
+        return json_response(reply["nodes"])
 
-    async def metrics_text(self, request: web.Request) -> web.Response:
+    async def metrics_text(self, request: Request) -> Response:
         if self.metrics is None:
             return error_response(404, "metrics are not enabled")
         node = _checked(await self.forward.local_call({"op": protocol.Op.METRICS.value}))
-        response = web.Response(body=node["text"].encode() + self.metrics.exposition())
-        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
-        return response
+        return Response(200, node["text"].encode() + self.metrics.exposition(), METRICS_CONTENT_TYPE)
 
-    async def openapi_json(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.openapi, content_type=_JSON_CONTENT_TYPE)
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(200, self.openapi, JSON_TYPE)
 
     # ---- keys and values --------------------------------------------------------------------
-    async def kv_get(self, request: web.Request) -> web.Response:
+    async def kv_get(self, request: Request) -> Response:
         key = _key(request)
         consistency = _consistency(_query(request))
         call = {"op": protocol.Op.GET.value, "key": key, "consistency": consistency}
@@ -245,22 +208,22 @@ class RestApi:
             reply = await self.forward.leader_call(call)
         if reply.get("code") == Code.NOT_FOUND.value:
             return error_response(404, "key not found", key=key)
-        return _json({"key": key, "value": _checked(reply)["value"]})
+        return json_response({"key": key, "value": _checked(reply)["value"]})
 
-    async def kv_put(self, request: web.Request) -> web.Response:
+    async def kv_put(self, request: Request) -> Response:
         key = _key(request)
-        value = _value(await self._body(request), self.max_value_bytes)
+        value = _value(request.body, self.max_value_bytes)
         _checked(await self.forward.write({"op": protocol.Op.PUT.value, "key": key, "value": value}))
-        return _json({"key": key, "value": value, "status": "ok"})
+        return json_response({"key": key, "value": value, "status": "ok"})
 
-    async def kv_delete(self, request: web.Request) -> web.Response:
+    async def kv_delete(self, request: Request) -> Response:
         key = _key(request)
         reply = _checked(await self.forward.write({"op": protocol.Op.DELETE.value, "key": key}))
         if not reply.get("deleted"):
             return error_response(404, "key not found", key=key)
-        return _json({"key": key, "status": "deleted"})
+        return json_response({"key": key, "status": "deleted"})
 
-    async def kv_list(self, request: web.Request) -> web.Response:
+    async def kv_list(self, request: Request) -> Response:
         query = _query(request)
         prefix = query.get("prefix", "")
         if len(_utf8(prefix, "prefix")) > protocol.MAX_KEY_BYTES:
@@ -277,14 +240,7 @@ class RestApi:
         # GIL throughout, and a long list must not stall the Raft loop of this process.
         entries = ", ".join(json.dumps({"key": k, "value": v}, ensure_ascii=False)
                             for k, v in _checked(reply)["items"])
-        return web.Response(body=f'{{"keys": [{entries}]}}'.encode(), content_type=_JSON_CONTENT_TYPE)
-
-    async def _body(self, request: web.Request) -> bytes:
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                return await request.read()
-        except TimeoutError:
-            raise BadRequest(408, f"request body not received within {BODY_TIMEOUT_S:g}s") from None
+        return Response(200, f'{{"keys": [{entries}]}}'.encode())
 
 
 def _checked(reply: dict[str, Any]) -> dict[str, Any]:
@@ -296,27 +252,21 @@ def _checked(reply: dict[str, Any]) -> dict[str, Any]:
     raise BadRequest(status, str(reply.get("error") or code))
 
 
-def _key(request: web.Request) -> str:
+def _key(request: Request) -> str:
     """The key from the raw request path, percent-decoded as UTF-8 ("%2F" is a "/")."""
-    raw = request.raw_path.partition("?")[0]
-    if raw.startswith(KV_PREFIX):
-        raw = raw[len(KV_PREFIX):]
-        try:
-            key = urllib.parse.unquote(raw, encoding="utf-8", errors="strict")
-        except UnicodeDecodeError:
-            raise BadRequest(400, "key is not valid percent-encoded UTF-8") from None
-    else:  # an absolute-form request target: trust the router's decoding
-        key = request.match_info.get("key", "")
+    try:
+        key = urllib.parse.unquote(request.path[len(KV_PREFIX):], encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "key is not valid percent-encoded UTF-8") from None
     size = len(_utf8(key, "key"))
     if not 1 <= size <= protocol.MAX_KEY_BYTES:
         raise BadRequest(400, f"key must be 1 to {protocol.MAX_KEY_BYTES} bytes of UTF-8, got {size}")
     return key
 
 
-def _query(request: web.Request) -> dict[str, str]:
-    raw = request.raw_path.partition("?")[2]
+def _query(request: Request) -> dict[str, str]:
     try:
-        pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, encoding="utf-8",
+        pairs = urllib.parse.parse_qsl(request.query, keep_blank_values=True, encoding="utf-8",
                                        errors="strict", max_num_fields=MAX_QUERY_FIELDS)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest(400, "query string is not valid percent-encoded UTF-8 "

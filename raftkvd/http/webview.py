@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from aiohttp import web
+from .connection import Request, Response, error_response
 
 WEB_DIR = "web"
 INDEX = "index.html"
@@ -55,20 +55,15 @@ class WebView:
     def __init__(self) -> None:
         self.files = load_web_files()
 
-    def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_get("/", self.index)
-        router.add_get(STATIC_PREFIX + "{name}", self.static)
-
-    async def index(self, request: web.Request) -> web.Response:
+    async def index(self, request: Request) -> Response:
         return self._file(INDEX)
 
-    async def static(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    async def static(self, request: Request) -> Response:
+        name = request.path[len(STATIC_PREFIX):]
         if name == INDEX or name not in self.files:
-            raise web.HTTPNotFound()  # answered as JSON by the server's middleware
+            return error_response(404, f"no such resource: {request.path}")
         return self._file(name)
 
-    def _file(self, name: str) -> web.Response:
+    def _file(self, name: str) -> Response:
         file = self.files[name]
-        return web.Response(body=file.body, content_type=file.content_type, charset="utf-8",
-                            headers=_HEADERS)
+        return Response(200, file.body, f"{file.content_type}; charset=utf-8", list(_HEADERS.items()))

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from raftkv import protocol
-from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_batch, encode_batch, encode_client
 from raftkv.protocol import Code, Op
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class Request:
     body: dict[str, Any]
     received: float | None = None
     """time.perf_counter() at arrival, for the request-duration metric."""
+    batched: bool = False
+    """It came in a batch frame: its client reads batches, so its answer may go in one."""
 
     @property
     def key(self) -> str:
@@ -137,6 +139,8 @@ class ClientEndpoint:
     def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int) -> None:
         self.max_value_bytes = max_value_bytes
         self.malformed_total = 0
+        self._outbox: dict[bytes, list[dict[str, Any]]] = {}
+        self._singles: list[tuple[bytes, dict[str, Any]]] = []
         self.observer: Observer | None = None
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -151,54 +155,77 @@ class ClientEndpoint:
             raise
 
     def recv_all(self, max_n: int) -> list[Request]:
+        """Up to about `max_n` requests waiting (whole frames: a batch is never split)."""
         requests: list[Request] = []
-        for _ in range(max_n):
+        while len(requests) < max_n:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            request = self._parse(frames)
-            if request is not None:
-                requests.append(request)
+            self._parse(frames, requests)
         return requests
 
-    def _parse(self, frames: list[bytes]) -> Request | None:
+    def _parse(self, frames: list[bytes], into: list[Request]) -> None:
         if len(frames) != 2:
             self.malformed_total += 1
-            return None
+            return
         identity, payload = frames
         try:
-            body = decode_client(payload)
+            bodies, batched = decode_batch(payload)
         except FrameError as exc:
             self.malformed_total += 1
             self.reply_error(identity, 0, Code.INVALID, f"malformed request: {exc}")
-            return None
-        req_id = body.get("id", 0)
-        if not isinstance(req_id, int):
-            req_id = 0
-        try:
-            op = validate(body, self.max_value_bytes)
-        except RequestError as exc:
-            self.reply_error(identity, req_id, exc.code, str(exc))
-            if self.observer is not None:
-                self.observer(REJECTED_OP, exc.code.value, None)
-            return None
-        return Request(identity, req_id, op, body, time.perf_counter())
+            return
+        received = time.perf_counter()
+        for body in bodies:
+            req_id = body.get("id", 0)
+            if not isinstance(req_id, int):
+                req_id = 0
+            try:
+                op = validate(body, self.max_value_bytes)
+            except RequestError as exc:
+                self.reply_error(identity, req_id, exc.code, str(exc), batched)
+                if self.observer is not None:
+                    self.observer(REJECTED_OP, exc.code.value, None)
+                continue
+            into.append(Request(identity, req_id, op, body, received, batched))
 
-    def reply(self, identity: bytes, req_id: int, fields: dict[str, Any]) -> None:
-        frame = encode_client({"id": req_id, **fields})
+    def reply(self, identity: bytes, req_id: int, fields: dict[str, Any], batched: bool = False) -> None:
+        """Queue an answer; `flush` sends it. Answers to batched requests share one frame per
+        client; a client that sent a plain map gets a plain map back."""
+        answer = {"id": req_id, **fields}
+        if not batched:
+            self._singles.append((identity, answer))
+            return
+        waiting = self._outbox.get(identity)
+        if waiting is None:
+            waiting = self._outbox[identity] = []
+        waiting.append(answer)
+
+    def flush(self) -> None:
+        """Send the queued answers (the node calls this at the end of each loop turn, and as
+        soon as committed writes are answered)."""
+        singles, self._singles = self._singles, []
+        outbox, self._outbox = self._outbox, {}
+        for identity, answer in singles:
+            self._send(identity, encode_client(answer))
+        for identity, answers in outbox.items():
+            self._send(identity, encode_batch(answers))
+
+    def _send(self, identity: bytes, frame: bytes) -> None:
         try:
             self.socket.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # the client is gone or far behind: it will retry
             log.debug("event=client_reply_dropped error=%s", exc)
 
     def respond(self, request: Request, fields: dict[str, Any]) -> None:
-        self.reply(request.identity, request.id, fields)
+        self.reply(request.identity, request.id, fields, request.batched)
         if self.observer is not None:
             self.observer(request.op.value, str(fields.get("code", "")), request.received)
 
-    def reply_error(self, identity: bytes, req_id: int, code: Code, message: str) -> None:
-        self.reply(identity, req_id, {"code": code.value, "error": message})
+    def reply_error(self, identity: bytes, req_id: int, code: Code, message: str,
+                    batched: bool = False) -> None:
+        self.reply(identity, req_id, {"code": code.value, "error": message}, batched)
 
     def close(self) -> None:
         self.socket.close(0)

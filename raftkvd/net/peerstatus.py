@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from raftkv.frames import FrameError, decode_client, encode_client
+from raftkv.frames import FrameError, decode_batch, encode_client
 
 CONNECT_GRACE_S = 0.1
 """How long a link without a connection may take to get one before its node is unreachable."""
@@ -96,15 +96,16 @@ class StatusFetcher:
         node_id, req_id = waiting[sock]
         while True:
             try:
-                reply = decode_client(sock.recv(zmq.NOBLOCK))
+                replies, _ = decode_batch(sock.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
             except FrameError:
                 continue
-            if reply.get("id") == req_id and isinstance(reply.get("status"), dict):
-                found[node_id] = {**reply["status"], "reachable": True}
-                del waiting[sock]
-                return
+            for reply in replies:  # a late answer to an earlier fetch may come along
+                if reply.get("id") == req_id and isinstance(reply.get("status"), dict):
+                    found[node_id] = {**reply["status"], "reachable": True}
+                    del waiting[sock]
+                    return
 
     def _close_unused(self, keep: set[str | None]) -> None:
         for endpoint in list(self._sockets):

@@ -156,6 +156,7 @@ class Node:
                 self._receive()
                 next_tick = self._tick(next_tick, tick_s)
                 self.replica.end_turn()
+                self.client.flush()
                 if not http_ready and self.http.poll_ready():
                     http_ready = True
                     sdnotify.notify("READY=1")  # every endpoint serves now
@@ -163,6 +164,7 @@ class Node:
                     self._publish()
                     self.http.supervise()
                     self.replica.periodic()
+                    self.client.flush()
         finally:
             sdnotify.notify("STOPPING=1")
             self._shutdown()
@@ -224,6 +226,7 @@ class Node:
         for pending in self.replica.writes.pending.values():
             self.client.respond(pending.request, {"code": Code.UNAVAILABLE.value,
                                                   "error": "node shutting down"})
+        self.client.flush()
         self.background.close()
         self.statuses.close()
         self.transport.close()

@@ -143,6 +143,7 @@ class Replica:
 
     def applied(self, entries: list[Entry], results: list[Result]) -> None:
         self.writes.applied(entries, results)
+        self.replies.flush()  # now, before the apply transaction's fsync
 
     def reads_ready(self, states: list[ReadState]) -> None:
         self.reads.read_states(states)

@@ -85,6 +85,8 @@ class PeerTransport(Protocol):
 
 
 class Replies(Protocol):
-    """Where the answer to a client request goes."""
+    """Where the answer to a client request goes: queued, and sent on `flush`."""
 
     def respond(self, request: Request, fields: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...

@@ -22,7 +22,7 @@ from raftctl import (
     UsageError,
 )
 from raftctl.client import normalize_endpoint
-from raftkv.frames import decode_client, encode_client
+from raftkv.frames import decode_batch, encode_client
 from raftkv.protocol import Code
 
 Request = dict[str, Any]
@@ -53,13 +53,13 @@ class FakeNode:
             if not self._socket.poll(POLL_MS):
                 continue
             identity, frame = self._socket.recv_multipart()
-            request = decode_client(frame)
-            self.requests.append(request)
-            self.identities.append(identity)
-            replies = self.handler(request)
-            for reply in replies if isinstance(replies, list) else [replies]:
-                if reply is not None:
-                    self._socket.send_multipart([identity, _frame(reply, request)])
+            for request in decode_batch(frame)[0]:
+                self.requests.append(request)
+                self.identities.append(identity)
+                replies = self.handler(request)
+                for reply in replies if isinstance(replies, list) else [replies]:
+                    if reply is not None:
+                        self._socket.send_multipart([identity, _frame(reply, request)])
 
     def close(self) -> None:
         self._stop.set()

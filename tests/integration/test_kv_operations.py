@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import zmq
 from cluster import RAFTCTL, ProcCluster, run_cli, wait_for
 
 from raftctl import CompareFailed, KeyNotFound
+from raftkv.frames import decode_batch, encode_batch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +120,30 @@ def test_serializable_get_on_a_follower_eventually_sees_the_value(shared_cluster
         reply = shared_cluster.request(
             follower, {"op": "get", "key": "serial/key", "consistency": "serializable"})
         assert reply is not None and reply["code"] == "ok" and reply["value"] == "fresh"
+
+
+def test_a_batch_of_requests_in_one_frame_is_answered_request_by_request(
+    shared_cluster: ProcCluster,
+) -> None:
+    """raftkv.frames: a client may send many requests in one frame (the REST forwarder and
+    `raftctl bench` do); each is answered under its own id, in one frame or several."""
+    leader = shared_cluster.wait_for_leader()
+    sock = shared_cluster.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(shared_cluster.specs[leader].client)
+        batch = [{"id": n, "op": "put", "key": f"batch/{n}", "value": str(n), "session": "batch-test",
+                  "seq": n} for n in range(1, 21)]
+        batch.append({"id": 99, "op": "no-such-op"})
+        sock.send(encode_batch(batch))
+        answers: dict[int, dict] = {}
+        deadline = time.monotonic() + 10.0
+        while len(answers) < len(batch) and time.monotonic() < deadline:
+            if sock.poll(100):
+                answers.update({a["id"]: a for a in decode_batch(sock.recv())[0]})
+    finally:
+        sock.close(0)
+    assert sorted(answers) == [*range(1, 21), 99]
+    assert all(answers[n]["code"] == "ok" for n in range(1, 21))
+    assert answers[99]["code"] == "invalid"
+    assert shared_cluster.client().get("batch/20") == "20"

@@ -380,3 +380,6 @@ class CollectingReplies:
 
     def respond(self, request: Request, fields: dict[str, Any]) -> None:
         self._deliver(request, fields)
+
+    def flush(self) -> None:
+        """Answers are delivered as they are given."""

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from msgpack_strategies import msgpack_values
 
 from raftkv import protocol
-from raftkv.frames import MAX_CLIENT_FRAME_BYTES, FrameError, decode_client, encode_client
+from raftkv.frames import (
+    MAX_BATCH,
+    MAX_CLIENT_FRAME_BYTES,
+    FrameError,
+    decode_batch,
+    decode_client,
+    encode_batch,
+    encode_client,
+)
 
 
 def test_client_map_round_trips_with_protocol_version() -> None:
@@ -63,3 +71,18 @@ def test_random_client_frames_decode_to_a_map_or_raise_frame_error(obj: Any) -> 
 def test_frame_error_is_a_value_error_so_callers_may_catch_either() -> None:
     with pytest.raises(ValueError):
         decode_client(b"\xc1")
+
+
+def test_a_batch_is_one_map_for_one_message_and_an_array_for_more() -> None:
+    one = [{"id": 1, "op": "get"}]
+    assert msgpack.unpackb(encode_batch(one)) == {**one[0], "v": protocol.VERSION}
+    many = [{"id": i, "op": "get"} for i in range(3)]
+    assert decode_batch(encode_batch(many)) == ([{**m, "v": protocol.VERSION} for m in many], True)
+    assert decode_batch(encode_client(one[0])) == ([{**one[0], "v": protocol.VERSION}], False)
+
+
+@pytest.mark.parametrize("obj", [[], [{"v": protocol.VERSION}, 3], [{"v": 99}],
+                                 [{"v": protocol.VERSION}] * (MAX_BATCH + 1), "x"])
+def test_a_malformed_batch_raises_frame_error(obj: Any) -> None:
+    with pytest.raises(FrameError):
+        decode_batch(msgpack.packb(obj))
