@@ -21,11 +21,9 @@ seq), so the state machine applies it once and returns the first result (thesis 
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +80,8 @@ class _Link:
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
         self.socket, self.monitor = open_link(ctx, endpoint)
-        self.pending: dict[int, asyncio.Future[Reply | None]] = {}
+        self.pending: dict[int, _Flight] = {}
+        """Tries not yet answered nor lost, by id, with the call they belong to."""
         self.sent: set[int] = set()
         self._outgoing: list[_Outgoing] = []
         """Tries to send at the end of this loop iteration, in one frame (raftkv/frames.py)."""
@@ -94,23 +93,25 @@ class _Link:
         self._loop.add_reader(self._fd, self._drain)
         self._loop.add_reader(self._monitor_fd, self._watch)
 
-    def start(self, req_id: int, message: Reply, on_sent: Callable[[], None]) -> asyncio.Future[Reply | None]:
-        """Send `message` as try `req_id`: its reply, or None once the try is lost."""
-        future: asyncio.Future[Reply | None] = self._loop.create_future()
-        self.pending[req_id] = future
-        future.add_done_callback(lambda _: self._forget(req_id))
-        self._outgoing.append(_Outgoing(req_id, message, on_sent, future, self._loop.time()))
+    def start(self, req_id: int, message: Reply, flight: _Flight) -> None:
+        """Send `message` as try `req_id` of `flight`, which hears of its reply or its loss."""
+        self.pending[req_id] = flight
+        self._outgoing.append(_Outgoing(req_id, message, self._loop.time()))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        return future
+
+    def forget(self, req_id: int) -> None:
+        """The try's call is over: a late reply to it finds nobody."""
+        self.pending.pop(req_id, None)
+        self.sent.discard(req_id)
 
     def _flush(self) -> None:
         """Send every try queued since the last flush in one frame; if not connected (yet)
         or the queue is full, retry briefly, and lose the tries that waited too long."""
         self._flush_scheduled = False
         self._retry = None
-        waiting = [item for item in self._outgoing if not item.future.done()]
+        waiting = [item for item in self._outgoing if item.req_id in self.pending]
         self._outgoing = []
         if not waiting:
             return
@@ -119,27 +120,30 @@ class _Link:
             self.socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             now = self._loop.time()
-            for item in waiting:
-                if now - item.queued_at >= CONNECT_TIMEOUT_S:
-                    _resolve(item.future, None)
-                else:
-                    self._outgoing.append(item)
+            late = [item for item in waiting if now - item.queued_at >= CONNECT_TIMEOUT_S]
+            self._outgoing = [item for item in waiting if now - item.queued_at < CONNECT_TIMEOUT_S]
             if self._outgoing:
                 self._retry = self._loop.call_later(SEND_RETRY_S, self._flush)
+            for item in late:
+                self._lose(item.req_id)
             return
         finally:
             if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._loop.call_soon(self._drain)
         for item in waiting:
-            self.sent.add(item.req_id)
-            item.on_sent()
+            flight = self.pending.get(item.req_id)
+            if flight is not None:
+                self.sent.add(item.req_id)
+                flight.sent(self.endpoint)
 
-    def _forget(self, req_id: int) -> None:
-        self.pending.pop(req_id, None)
+    def _lose(self, req_id: int) -> None:
+        flight = self.pending.pop(req_id, None)
         self.sent.discard(req_id)
+        if flight is not None:
+            flight.lost(self.endpoint)
 
     def _drain(self) -> None:
-        """Hand every waiting reply to the try waiting for its id; drop anything else."""
+        """Hand every waiting reply to the call waiting for its id; drop anything else."""
         for _ in range(DRAIN_BATCH):
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
@@ -155,27 +159,27 @@ class _Link:
             return
         for reply in replies:
             req_id = reply.get("id")
-            future = self.pending.get(req_id) if type(req_id) is int else None
-            if future is not None:
-                _resolve(future, reply)
+            flight = self.pending.pop(req_id, None) if type(req_id) is int else None
+            if flight is not None:
+                self.sent.discard(req_id)
+                flight.answered(self.endpoint, reply)
 
     def _watch(self) -> None:
         """The connection dropped: the tries it carried will not be answered."""
         if dropped(self.monitor):
             for req_id in list(self.sent):
-                future = self.pending.get(req_id)
-                if future is not None:
-                    _resolve(future, None)
+                self._lose(req_id)
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
         self._loop.remove_reader(self._monitor_fd)
         if self._retry is not None:
             self._retry.cancel()
-        for future in list(self.pending.values()):
-            if not future.done():
-                future.set_exception(Closed("node shutting down"))
+        flights = list(self.pending.values())
         self.pending.clear()
+        self.sent.clear()
+        for flight in flights:
+            flight.fail(Closed("node shutting down"))
         close_link(self.socket, self.monitor)
 
 
@@ -183,33 +187,84 @@ class _Link:
 class _Outgoing:
     req_id: int
     message: Reply
-    on_sent: Callable[[], None]
-    future: asyncio.Future[Reply | None]
     queued_at: float
 
 
-def _resolve(future: asyncio.Future[Reply | None], value: Reply | None) -> None:
-    if not future.done():
-        future.set_result(value)
+class _Flight:
+    """One routing.Call on the event loop, driven by callbacks: its tries' replies and losses
+    come from the links, its timers (hedging, silence, retries) from one loop timer at the
+    call's next wake-up. The handler awaits `result` alone, resolved once the call is over."""
 
-
-class _Wake:
-    """Wakes a waiting call when one of its tries reaches a connection late: its timers
-    (hedging, silence) count from then."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call) -> None:
-        self.loop = loop
+    def __init__(self, client: ForwardClient, call: Call, request: Reply) -> None:
+        self.client = client
         self.call = call
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.request = request
+        self.loop = asyncio.get_running_loop()
+        self.result: asyncio.Future[None] = self.loop.create_future()
+        self.tries: dict[int, _Link] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
+    def begin(self) -> None:
+        self._step(self.call.start())
+
+    # ---- from the links --------------------------------------------------------------------
     def sent(self, endpoint: str) -> None:
+        """A try reached a connection: its call's timers count from now."""
         self.call.sent(endpoint, self.loop.time())
-        if not self.future.done():
-            self.future.set_result(None)
+        self._arm()
 
-    def rearm(self) -> None:
-        if self.future.done():
-            self.future = self.loop.create_future()
+    def answered(self, endpoint: str, reply: Reply) -> None:
+        self._step(self.call.answered(endpoint, reply, self.loop.time()))
+
+    def lost(self, endpoint: str) -> None:
+        self._step(self.call.lost(endpoint, self.loop.time()))
+
+    def fail(self, exc: Exception) -> None:
+        if not self.result.done():
+            self.result.set_exception(exc)
+        self.end()
+
+    # ---- driving ----------------------------------------------------------------------------
+    def _step(self, endpoints: list[str]) -> None:
+        if self.result.done():
+            return
+        if self.client.closed:
+            self.fail(Closed("node shutting down"))
+            return
+        self._launch(endpoints)
+        self._launch(self.call.due(self.loop.time()))
+        if self.call.done:
+            self.result.set_result(None)
+            self.end()
+        else:
+            self._arm()
+
+    def _launch(self, endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            req_id = next(self.client.ids)
+            link = self.client.link(endpoint)
+            self.tries[req_id] = link
+            link.start(req_id, self.request, self)
+
+    def _arm(self) -> None:
+        if self.result.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self.call.wakeup(), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._step([])
+
+    def end(self) -> None:
+        """The call is over (or abandoned): stop its timer, forget its tries."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for req_id, link in self.tries.items():
+            link.forget(req_id)
+        self.tries.clear()
 
 
 class _Slot:
@@ -244,11 +299,12 @@ class ForwardClient:
         self.in_flight = 0
         self._ctx = ctx
         self._links: dict[str, _Link] = {}
-        self._ids = itertools.count(1)
+        self.ids = itertools.count(1)
+        """Try ids, unique on every link of this client."""
         self._session_prefix = session_prefix or f"http-{uuid.uuid4().hex[:16]}"
         self._free_slots: list[_Slot] = []
         self._slot_count = 0
-        self._closed = False
+        self.closed = False
 
     @property
     def leader(self) -> str | None:
@@ -283,7 +339,7 @@ class ForwardClient:
         return _Slot(f"{self._session_prefix}-{self._slot_count}")
 
     async def _guarded(self, request: Reply, route: Route) -> Reply:
-        if self._closed:
+        if self.closed:
             raise Closed("node shutting down")
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(f"more than {self.max_in_flight} requests in flight")
@@ -294,47 +350,23 @@ class ForwardClient:
             self.in_flight -= 1
 
     async def _call(self, request: Reply, route: Route) -> Reply:
-        """Drive one routing.Call: send where it says, tell it what came back, until it ends."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        """Drive one routing.Call (a _Flight) until it ends; its reply, or why there is none."""
+        now = asyncio.get_running_loop().time()
         call = Call(self.router, route, now, now + self.deadline, patience=self.no_leader_wait,
                     target=self.local)
-        tries: dict[asyncio.Future[Reply | None], str] = {}
-        wake = _Wake(loop, call)
-
-        def launch(endpoints: list[str]) -> None:
-            for endpoint in endpoints:
-                on_sent = functools.partial(wake.sent, endpoint)
-                tries[self._link(endpoint).start(next(self._ids), request, on_sent)] = endpoint
-
-        launch(call.start())
+        flight = _Flight(self, call, request)
+        flight.begin()
         try:
-            while not call.done:
-                wake.rearm()
-                wait = max(0.0, call.wakeup() - loop.time())
-                done, _ = await asyncio.wait({*tries, wake.future}, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if self._closed:
-                    raise Closed("node shutting down")
-                now = loop.time()
-                for future in done:
-                    endpoint = tries.pop(future, None)
-                    if endpoint is None:
-                        continue  # the wake-up: a try reached a connection, its timers start
-                    reply = future.result()
-                    launch(call.lost(endpoint, now) if reply is None else call.answered(endpoint, reply, now))
-                launch(call.due(now))
+            await flight.result
         finally:
-            for future in tries:
-                future.cancel()
-            wake.future.cancel()
+            flight.end()
         if call.outcome is Outcome.DONE and call.reply is not None:
             return call.reply
         if call.outcome is Outcome.NO_LEADER:
             raise NoLeader(call.last_error or "no leader")
         raise ForwardTimeout(f"no answer within {self.deadline:g}s ({call.last_error or 'no answer'})")
 
-    def _link(self, endpoint: str) -> _Link:
+    def link(self, endpoint: str) -> _Link:
         link = self._links.get(endpoint)
         if link is None:
             link = self._links[endpoint] = _Link(self._ctx, endpoint)
@@ -342,7 +374,7 @@ class ForwardClient:
 
     def close(self) -> None:
         """Fail every waiting request (Closed) and close the sockets."""
-        self._closed = True
+        self.closed = True
         for link in self._links.values():
             link.close()
         self._links.clear()
