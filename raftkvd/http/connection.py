@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class Request:
     headers: dict[str, str]
     """Lower-case names; a repeated header keeps its last value."""
     body: bytes = b""
+    received: float = 0.0
+    """time.monotonic() once the request was parsed (traced writes report it)."""
 
 
 @dataclass(slots=True)
@@ -209,7 +212,7 @@ class HttpConnection(asyncio.Protocol):
         target = self._target.decode("latin-1")
         path, query = self._split(target)
         request = Request(self._parser.get_method().decode("latin-1"), target, path, query,
-                          self._headers, bytes(self._body))
+                          self._headers, bytes(self._body), time.monotonic())
         self._queue.append((request, self._parser.should_keep_alive()))
         if len(self._queue) >= MAX_PIPELINED and self._transport is not None and not self._paused:
             self._paused = True

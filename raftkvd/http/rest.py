@@ -40,6 +40,8 @@ KV_PREFIX = "/kv/"
 KV_ROUTE = "/kv/{key}"
 STATIC_ROUTE = STATIC_PREFIX + "{name}"
 UNMATCHED_ROUTE = "unmatched"
+TRACE_HEADER = "x-raftkv-trace"
+"""`X-Raftkv-Trace: 1` on a PUT: the answer carries its stage timestamps (server/tracing.py)."""
 KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
 _REPLY_STATUS = {
     Code.INVALID.value: 400,
@@ -213,8 +215,14 @@ class RestApi:
     async def kv_put(self, request: Request) -> Response:
         key = _key(request)
         value = _value(request.body, self.max_value_bytes)
-        _checked(await self.forward.write({"op": protocol.Op.PUT.value, "key": key, "value": value}))
-        return json_response({"key": key, "value": value, "status": "ok"})
+        call = {"op": protocol.Op.PUT.value, "key": key, "value": value}
+        if request.headers.get(TRACE_HEADER) != "1":
+            _checked(await self.forward.write(call))
+            return json_response({"key": key, "value": value, "status": "ok"})
+        reply = _checked(await self.forward.write({**call, "trace": True}))
+        trace = {"http_received": request.received, **reply.get("trace", {}),
+                 "http_answered": time.monotonic()}
+        return json_response({"key": key, "value": value, "status": "ok", "trace": trace})
 
     async def kv_delete(self, request: Request) -> Response:
         key = _key(request)

@@ -34,6 +34,7 @@ from ..raft.messages import (
     StateRole,
 )
 from .seams import Batch, Clock, LogStore, PeerTransport, Result, StateMachine, Store
+from .tracing import Traces
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ class Driver:
 
     def __init__(self, core: RaftNode, store: Store, logstore: LogStore, sm: StateMachine,
                  transport: PeerTransport, listener: ReadyListener, metrics: NodeMetrics,
-                 clock: Clock, compaction: Compaction | None,
+                 clock: Clock, compaction: Compaction | None, traces: Traces,
                  readies_per_turn: int = MAX_READIES_PER_TURN) -> None:
-        """`compaction`: the policy of automatic compaction (None: never)."""
+        """`compaction`: the policy of automatic compaction (None: never). `traces`: the
+        traced writes, stamped as their entries pass each stage (tracing.py)."""
         self.core = core
         self.store = store
         self.logstore = logstore
@@ -81,6 +83,7 @@ class Driver:
         self.metrics = metrics
         self.clock = clock
         self.compaction = compaction
+        self.traces = traces
         self.readies_per_turn = readies_per_turn
         hard_state, _ = logstore.initial_state()
         self._durable_term_vote = (hard_state.term, hard_state.vote)
@@ -93,6 +96,8 @@ class Driver:
         self.last_heard[msg.frm] = now = self.clock()
         if msg.type == MessageType.HEARTBEAT_RESP:
             self.metrics.peer_rtt.heartbeat_answered(msg.frm, now)
+        elif msg.type == MessageType.APPEND_RESP and self.traces.open and not msg.reject:
+            self.traces.reached("follower_acked", msg.index)
         try:
             self.core.step(msg)
         except RaftLogError as exc:  # a message contradicting committed state: drop it
@@ -116,9 +121,14 @@ class Driver:
     def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self.listener.role_changed(rd.soft_state.role, rd.soft_state.leader)
+        traced = bool(self.traces.open)
+        if traced:
+            self._stamp_start(rd)
         self._send_all(rd.messages)
         if rd.must_sync() or rd.committed_entries:
             self._persist_and_apply(rd)
+        if traced and rd.entries:
+            self.traces.reached("leader_persisted", rd.entries[-1].index)
         self._send_all(rd.persisted_messages)
         if rd.hard_state is not None and rd.hard_state.commit > self._seen_commit:
             self.metrics.proposals_committed.inc(rd.hard_state.commit - self._seen_commit)
@@ -131,6 +141,12 @@ class Driver:
             self.listener.reads_ready(rd.read_states)
         self.core.advance(rd)
         self.listener.advanced(membership_changed)  # after advance: the core applies conf changes there
+
+    def _stamp_start(self, rd: Ready) -> None:
+        if rd.entries:
+            self.traces.reached("ready", rd.entries[-1].index)
+        if rd.hard_state is not None:
+            self.traces.reached("committed", rd.hard_state.commit)
 
     def _send_all(self, messages: list[Message]) -> None:
         for msg in messages:

@@ -24,6 +24,7 @@ from .driver import COMPACTION_KEEP, MAX_READIES_PER_TURN, Compaction, Driver
 from .membership import Addresses, Membership
 from .reads import Reads
 from .seams import Clock, LogStore, PeerTransport, Replies, Result, StateMachine, Store
+from .tracing import Traces
 from .transfer import Transfers
 from .writes import Writes
 
@@ -49,9 +50,10 @@ class Replica:
         self.clock = clock
         self.metrics = metrics
         self.core = RaftNode(config, logstore, rng or random.Random())
+        traces = Traces(clock)
         self.driver = Driver(self.core, store, logstore, sm, transport, self, metrics, clock,
-                             Compaction(snapshot_threshold, compaction_keep), readies_per_turn)
-        self.writes = Writes(self.core, replies, metrics)
+                             Compaction(snapshot_threshold, compaction_keep), traces, readies_per_turn)
+        self.writes = Writes(self.core, replies, metrics, traces)
         self.reads = reads(self.core, sm, replies, self.redirect)
         self.transfers = Transfers(self.core, replies, clock, self.driver.last_heard, silent_after_s,
                                    self.redirect)

@@ -17,6 +17,7 @@ from ..net.clientendpoint import Request
 from ..raft import ProposalDropped, RaftNode
 from ..raft.messages import Entry
 from .seams import Replies, Result
+from .tracing import Traces
 
 
 @dataclass(slots=True)
@@ -28,10 +29,11 @@ class PendingWrite:
 class Writes:
     """Proposals of this node's term waiting for their entries to apply."""
 
-    def __init__(self, core: RaftNode, replies: Replies, metrics: NodeMetrics) -> None:
+    def __init__(self, core: RaftNode, replies: Replies, metrics: NodeMetrics, traces: Traces) -> None:
         self.core = core
         self.replies = replies
         self.metrics = metrics
+        self.traces = traces
         self.pending: dict[int, PendingWrite] = {}
 
     def propose(self, request: Request, data: bytes) -> None:
@@ -42,6 +44,8 @@ class Writes:
             self.fail(request, Code.UNAVAILABLE, str(exc))
             return
         self.track(index, request)
+        if request.body.get("trace") is True:
+            self.traces.start(index, request.received)
 
     def track(self, index: int, request: Request) -> None:
         """Answer `request` when the entry at `index`, of the current term, is applied."""
@@ -61,12 +65,18 @@ class Writes:
                 continue
             if pending.term != entry.term:
                 self.fail(pending.request, Code.UNAVAILABLE, "leadership changed; retry")
-            else:
-                self.replies.respond(pending.request, {**result, "index": entry.index})
+                continue
+            answer = {**result, "index": entry.index}
+            if self.traces.open:
+                trace = self.traces.finish(entry.index)
+                if trace is not None:
+                    answer["trace"] = trace
+            self.replies.respond(pending.request, answer)
 
     def take_all(self) -> list[Request]:
         """Leadership is gone: hand back every pending request, to be redirected."""
         requests = [p.request for p in self.pending.values()]
         self.metrics.proposals_failed.inc(len(requests))
         self.pending.clear()
+        self.traces.drop_all()
         return requests

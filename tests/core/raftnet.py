@@ -30,6 +30,7 @@ from raftkvd.raft.messages import (
     apply_conf_change,
 )
 from raftkvd.server.driver import Driver
+from raftkvd.server.tracing import Traces
 
 MT = MessageType
 IDS3 = (1, 2, 3)
@@ -162,7 +163,7 @@ class Driven:
         self.outbox = _Outbox()
         self.driver = Driver(node, MemoryStore(), _MemoryLog(self.storage), self.app, self.outbox,
                              self.listener, NodeMetrics(lambda: None), clock=lambda: 0.0,
-                             compaction=None)
+                             compaction=None, traces=Traces(lambda: 0.0))
 
     @property
     def applied(self) -> list[Entry]:
