@@ -1,6 +1,6 @@
 """A client's ZeroMQ link to one node, set up the same way by every raftkv client (raftctl's
 links.py, the REST server's forward.py): one DEALER per node endpoint, and a monitor that
-tells when its connection drops.
+tells when its connection drops. Also `readable`, for every non-blocking receive loop.
 
 IMMEDIATE: a request waits for a live connection instead of being queued for a node that
 may be down (and delivered, stale, when it comes back). High-water marks bound what a stalled
@@ -31,6 +31,12 @@ def open_link(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
         socket.close(0)
         raise
     return socket, socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+
+def readable(socket: zmq.Socket) -> bool:
+    """A message is waiting: ask before a non-blocking receive, which would otherwise
+    report an empty queue with an exception (costly in a loop that looks every turn)."""
+    return bool(socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
 
 def dropped(monitor: zmq.Socket) -> bool:

@@ -19,6 +19,7 @@ import zmq
 from raftkv import protocol
 from raftkv.frames import FrameError, decode_batch, encode_batch, encode_client
 from raftkv.protocol import Code, Op
+from raftkv.sockets import readable
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,8 @@ class ClientEndpoint:
     def recv_all(self, max_n: int) -> list[Request]:
         """Up to about `max_n` requests waiting (whole frames: a batch is never split)."""
         requests: list[Request] = []
-        while len(requests) < max_n:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._parse(frames, requests)
+        while len(requests) < max_n and readable(self.socket):
+            self._parse(self.socket.recv_multipart(zmq.NOBLOCK), requests)
         return requests
 
     def _parse(self, frames: list[bytes], into: list[Request]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from raftkv.sockets import readable
 from raftkvd.net.peerwire import MAX_FRAME_BYTES, FrameError, decode_message, encode_message
 from raftkvd.raft.messages import Message
 
@@ -161,21 +162,13 @@ class Transport:
     def recv_all(self, max_n: int) -> list[Message]:
         """Up to `max_n` waiting messages, without blocking; bad frames are dropped."""
         received: list[Message] = []
-        while len(received) < max_n:
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            msg = self._accept(frames)
+        while len(received) < max_n and readable(self._router):
+            msg = self._accept(self._router.recv_multipart(zmq.NOBLOCK))
             if msg is not None:
                 received.append(msg)
         for peer_id, dealer in self._dealers.items():
-            while len(received) < max_n:
-                try:
-                    frames = dealer.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                msg = self._accept([str(peer_id).encode(), *frames])
+            while len(received) < max_n and readable(dealer):
+                msg = self._accept([str(peer_id).encode(), *dealer.recv_multipart(zmq.NOBLOCK)])
                 if msg is not None:
                     received.append(msg)
         return received

@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from raftkv.protocol import Code
+from raftkv.sockets import readable
 
 from ..net.clientendpoint import Request
 from .seams import Replies
@@ -40,11 +41,8 @@ class Background:
 
     def answer_finished(self, replies: Replies) -> None:
         """On the loop: send the answers of the work that finished."""
-        while True:
-            try:
-                self.socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while readable(self.socket):
+            self.socket.recv(zmq.NOBLOCK)
         while not self._results.empty():
             replies.respond(*self._results.get_nowait())
 

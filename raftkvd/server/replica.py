@@ -61,7 +61,8 @@ class Replica:
                                      self.redirect)
         self.leader_changes = 0
         """New leaders seen since start (etcd's leader_changes_seen: not passes through none)."""
-        self.no_space = False
+        self._space_checked = False
+        self._no_space = False
         self._last_leader = NONE
         self._start_commit = self.core.status().commit
         self._caught_up = False
@@ -100,7 +101,7 @@ class Replica:
 
     def end_turn(self) -> None:
         """After a turn's inputs: one ReadIndex round for its reads, then every Ready."""
-        self.no_space = self.store.used_bytes() > NO_SPACE_FRACTION * self.store.map_size
+        self._space_checked = False
         self.reads.flush()
         self.driver.process_ready()
 
@@ -126,10 +127,18 @@ class Replica:
     def _write(self, request: Request) -> None:
         if self.core.role != StateRole.LEADER:
             self.redirect(request)
-        elif self.no_space:
+        elif self.no_space():
             self.writes.fail(request, Code.NO_SPACE, "storage full: writes are refused, reads still work")
         else:
             self.writes.propose(request, Command.from_request(request.body).encode())
+
+    def no_space(self) -> bool:
+        """Whether the map is nearly full; looked up at most once a turn, and only in turns
+        that need it (two LMDB calls)."""
+        if not self._space_checked:
+            self._no_space = self.store.used_bytes() > NO_SPACE_FRACTION * self.store.map_size
+            self._space_checked = True
+        return self._no_space
 
     # ---- what each Ready tells (driver.ReadyListener) ------------------------------------------
     def role_changed(self, role: StateRole, leader: int) -> None:

@@ -37,7 +37,7 @@ def replica_status(replica: Replica) -> dict[str, Any]:
         "leader_changes": replica.leader_changes,
         "db_used_bytes": replica.store.used_bytes(),
         "db_size_bytes": replica.store.map_size,
-        "no_space": replica.no_space,
+        "no_space": replica.no_space(),
     }
     if st.role == StateRole.LEADER:
         info["progress"] = {str(pid): p.match for pid, p in st.progress.items()}

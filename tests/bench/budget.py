@@ -114,7 +114,8 @@ def table(traces: list[dict[str, float]]) -> list[dict[str, Any]]:
 
 
 def markdown(name: str, rows: list[dict[str, Any]], count: int) -> str:
-    lines = [f"{name} ({count} sequential writes)", "", "| stage | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
+    lines = [f"{name} ({count} sequential writes)", "",
+             "| stage | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
     lines += [f"| {r['stage']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} |" for r in rows]
     return "\n".join(lines)
 
