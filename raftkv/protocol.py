@@ -24,6 +24,8 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   metrics:(none)                          -> text (Prometheus exposition of the node process;
           the HTTP process serves it, with its own REST metrics, on /metrics)
   (index: the log index of the write's entry, committed and applied when the answer left)
+  put, delete, cas also take trace (bool): the answer then carries trace, the leader's
+          time.monotonic() at each stage of the write (raftkvd/server/tracing.py)
 Response: {"v": 1, "id": int, "code": Code, "error": str?, "leader_id": int?,
            "leader": str? (the leader's client endpoint), ...result fields}
 

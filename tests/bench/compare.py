@@ -360,9 +360,19 @@ def summarize(passes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return table
 
 
+def role_kind(role: str) -> str:
+    """"follower 2 http" -> "follower http": which node follows changes from pass to pass."""
+    words = role.split()
+    return " ".join(w for w in words if not w.isdigit())
+
+
 def cpu_split(passes: list[dict[str, Any]], key: str) -> dict[str, float]:
-    roles = sorted({role for p in passes for role in p[key]["cpu_percent"]})
-    return {role: statistics.median(p[key]["cpu_percent"].get(role, 0.0) for p in passes) for role in roles}
+    """Median CPU of each kind of process (the leader, a follower, their HTTP processes)."""
+    samples: dict[str, list[float]] = {}
+    for p in passes:
+        for role, value in p[key]["cpu_percent"].items():
+            samples.setdefault(role_kind(role), []).append(value)
+    return {kind: statistics.median(values) for kind, values in sorted(samples.items())}
 
 
 def print_report(table: dict[str, Any], passes: dict[str, list[dict[str, Any]]]) -> None:
@@ -373,7 +383,7 @@ def print_report(table: dict[str, Any], passes: dict[str, list[dict[str, Any]]])
         print(f"{label:52} {row['raftkv']:>10.2f} {etcd:>10} {ratio:>12}")
     for name, runs in passes.items():
         split = cpu_split(runs, "writes_64")
-        print(f"{name} CPU during 64-connection writes (% of a core, median): "
+        print(f"{name} CPU during 64-connection writes (% of a core, median per process): "
               + ", ".join(f"{role} {value:.0f}" for role, value in split.items()))
         idle = statistics.median(sum(p["rss_idle_mb"].values()) for p in runs)
         load = statistics.median(sum(p["writes_64"]["rss_mb"].values()) for p in runs)
