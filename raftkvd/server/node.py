@@ -27,7 +27,7 @@ from ..net.clientendpoint import ClientEndpoint, Request
 from ..net.peerstatus import StatusFetcher
 from ..net.transport import Transport
 from ..raft import RaftConfig
-from ..raft.messages import ConfState, StateRole
+from ..raft.messages import NONE, ConfState, StateRole
 from ..settings import Settings
 from ..storage.lmdbenv import LmdbEnv
 from ..storage.logstore import LogStore
@@ -47,6 +47,8 @@ CLUSTER_STATUS_TIMEOUT_S = 0.5
 """How long the leader waits for a member's status; a member that is down costs nothing."""
 PUBLISH_INTERVAL_S = 0.1
 """How often the loop hands a fresh status Snapshot to the metrics collector (/metrics gauges)."""
+HANDOFF_TIMEOUT_S = 2.0
+"""How long a stopping leader waits for another voter to take over before it exits anyway."""
 T = TypeVar("T")
 
 
@@ -127,6 +129,7 @@ class Node:
         self.background = Background(self.ctx, self.id)
         self.statuses = StatusFetcher(self.ctx)
         self._stopping = False
+        self._handoff_deadline: float | None = None
         self._next_publish = 0.0
 
     # ==== the loop ===============================================================================
@@ -151,7 +154,7 @@ class Node:
             # less often, and never rescan what startup left behind.
             gc.freeze()
             gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-            while not self._stopping:
+            while not (self._stopping and self._may_stop()):
                 poller.poll(max(0.0, (next_tick - time.monotonic()) * 1000))
                 self._receive()
                 next_tick = self._tick(next_tick, tick_s)
@@ -168,6 +171,25 @@ class Node:
         finally:
             sdnotify.notify("STOPPING=1")
             self._shutdown()
+
+    def _may_stop(self) -> bool:
+        """Asked once a stop was requested: a leader first hands leadership over (SPEC §3,
+        rolling restarts) and the loop runs on until a new leader is known, or for at most
+        HANDOFF_TIMEOUT_S; any other node stops at once."""
+        now = time.monotonic()
+        if self._handoff_deadline is None:
+            self._handoff_deadline = now + HANDOFF_TIMEOUT_S
+            target = self.replica.hand_off()
+            if target == NONE:
+                return True
+            log.info("node=%d event=handing_off_leadership to=%d", self.id, target)
+            return False
+        if self.replica.core.role != StateRole.LEADER:
+            return True
+        if now > self._handoff_deadline:
+            log.warning("node=%d event=handoff_timed_out after_s=%g", self.id, HANDOFF_TIMEOUT_S)
+            return True
+        return False
 
     def _receive(self) -> None:
         for msg in self.transport.recv_all(MAX_BATCH):

@@ -105,6 +105,11 @@ class Replica:
         self.reads.flush()
         self.driver.process_ready()
 
+    def hand_off(self) -> int:
+        """This node is stopping: if it leads, hand leadership to the most caught-up live voter
+        (the target, or NONE when there is none to hand to)."""
+        return self.transfers.hand_off()
+
     def periodic(self) -> None:
         """Now and then (the node: every status publish): timeouts and learner promotion."""
         self.transfers.expire()

@@ -1,6 +1,8 @@
-"""Leadership transfer on request (thesis §3.10): the leader brings the target up to date and
-tells it to campaign at once; the request is answered when a new leader is known, or after
-TRANSFER_TIMEOUT_S. A target that cannot take over is refused at once, naming why.
+"""Leadership transfer (thesis §3.10): the leader brings the target up to date and tells it to
+campaign at once. On request, the request is answered when a new leader is known, or after
+TRANSFER_TIMEOUT_S; a target that cannot take over is refused at once, naming why. A leader
+that is stopping hands off to its most caught-up live voter by itself (`hand_off`), so a
+rolling restart costs clients a redirect, not an election timeout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ TRANSFER_TIMEOUT_S = 3.0
 
 @dataclass(slots=True)
 class _Pending:
-    request: Request
+    request: Request | None
+    """None for a hand-off the node started itself."""
     target: int
     deadline: float
 
@@ -64,19 +67,34 @@ class Transfers:
         self.core.transfer_leadership(target)
         self.pending = _Pending(request, target, self.clock() + TRANSFER_TIMEOUT_S)
 
+    def hand_off(self) -> int:
+        """On a leader about to stop: start a transfer to the most caught-up live voter.
+        Returns the target, or NONE when there is nobody to hand over to (or we do not lead)."""
+        if self.core.role != StateRole.LEADER:
+            return NONE
+        target = self._best_transferee()
+        if target != NONE:
+            self.core.transfer_leadership(target)
+            if self.pending is None:
+                self.pending = _Pending(None, target, self.clock() + TRANSFER_TIMEOUT_S)
+        return target
+
     def role_changed(self, leader: int) -> None:
         """A new leader is known: the transfer (whoever won) is over."""
-        if self.pending is not None and leader not in (NONE, self.core.id):
-            self.replies.respond(self.pending.request, {"code": Code.OK.value, "leader_id": leader})
+        pending = self.pending
+        if pending is not None and leader not in (NONE, self.core.id):
             self.pending = None
+            if pending.request is not None:
+                self.replies.respond(pending.request, {"code": Code.OK.value, "leader_id": leader})
 
     def expire(self) -> None:
         pending = self.pending
         if pending is not None and self.clock() > pending.deadline:
             self.pending = None
-            self._answer(pending.request, Code.UNAVAILABLE,
-                         f"leadership transfer to node {pending.target} did not finish within "
-                         f"{TRANSFER_TIMEOUT_S:g}s")
+            if pending.request is not None:
+                self._answer(pending.request, Code.UNAVAILABLE,
+                             f"leadership transfer to node {pending.target} did not finish within "
+                             f"{TRANSFER_TIMEOUT_S:g}s")
 
     def _best_transferee(self) -> int:
         """The most caught-up voter that is alive."""

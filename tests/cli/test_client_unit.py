@@ -133,6 +133,11 @@ def test_unavailable_answer_moves_on_to_the_next_endpoint(fake_node, client_for)
     client = client_for(electing, healthy)
 
     assert client.get("k") == "x"
+    # with no leader known both were asked at once; the healthy answer may come back before
+    # the other fake node's thread has recorded its request
+    deadline = time.monotonic() + 2.0
+    while not electing.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(electing.requests) == 1
     assert client.leader == healthy.endpoint
 

@@ -182,8 +182,10 @@ def test_a_cluster_addressed_by_host_names_elects_a_leader_and_passes_the_health
 
     leader = cluster.start_all()
     for node_id in cluster.ids:
-        result = run_healthcheck(cluster, node_id)
-        assert result.returncode == 0, result.stdout + result.stderr
+        # start_all returns once a leader is elected; a follower may hear of it a moment later
+        result = wait_for(f"node {node_id}'s healthcheck to pass",
+                          lambda n=node_id: (r := run_healthcheck(cluster, n)).returncode == 0 and r,
+                          10.0)
         assert '"status": "healthy"' in result.stdout
 
     survivor = next(i for i in cluster.ids if i != leader)
