@@ -126,11 +126,11 @@ class NodeMetrics:
         return children
 
     def observe_client(self, op: str, code: str, received: float | None) -> None:
-        """One answered ZeroMQ request (`received`: time.perf_counter() at arrival, if known)."""
+        """One answered ZeroMQ request (`received`: time.monotonic() at arrival, if known)."""
         children = self._client_child(op, code)
         children[0].inc()
         if received is not None:
-            children[1].observe(time.perf_counter() - received)
+            children[1].observe(time.monotonic() - received)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric of the node process."""

@@ -158,9 +158,7 @@ class HttpConnection(asyncio.Protocol):
         self._target = bytearray()
         self._headers: dict[str, str] = {}
         self._header_count = 0
-        self._header_name = bytearray()
         self._body = bytearray()
-        self._header_bytes = 0
 
     def on_message_begin(self) -> None:
         self._reset_request()
@@ -172,8 +170,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        self._header_bytes = len(name) + len(value)
-        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_LINE_BYTES:
+        if self._header_count > MAX_HEADERS or len(name) + len(value) > MAX_LINE_BYTES:
             self._refuse(431, f"at most {MAX_HEADERS} header fields of {MAX_LINE_BYTES} bytes each")
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 

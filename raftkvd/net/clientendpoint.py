@@ -36,7 +36,7 @@ class Request:
     op: Op
     body: dict[str, Any]
     received: float | None = None
-    """time.perf_counter() at arrival, for the request-duration metric."""
+    """time.monotonic() at arrival: for the request-duration metric, and a traced write's first stage."""
     batched: bool = False
     """It came in a batch frame: its client reads batches, so its answer may go in one."""
 
@@ -173,7 +173,7 @@ class ClientEndpoint:
             self.malformed_total += 1
             self.reply_error(identity, 0, Code.INVALID, f"malformed request: {exc}")
             return
-        received = time.perf_counter()
+        received = time.monotonic()
         for body in bodies:
             req_id = body.get("id", 0)
             if not isinstance(req_id, int):
@@ -194,10 +194,7 @@ class ClientEndpoint:
         if not batched:
             self._singles.append((identity, answer))
             return
-        waiting = self._outbox.get(identity)
-        if waiting is None:
-            waiting = self._outbox[identity] = []
-        waiting.append(answer)
+        self._outbox.setdefault(identity, []).append(answer)
 
     def flush(self) -> None:
         """Send the queued answers (the node calls this at the end of each loop turn, and as
