@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from raftctl import render
+from raftctl import backup, render
 from raftctl.bench import LoadRun, RequestMaker, bench_key, bench_result
 from raftctl.client import DEFAULT_TIMEOUT, Client, normalize_endpoint
 from raftctl.errors import EXIT_OK, EXIT_USAGE, RaftCtlError, Unavailable, UsageError
@@ -318,15 +318,63 @@ def leader_transfer(settings: Settings, to: int) -> None:
     settings.done({"leader_id": leader_id}, f"leader is node {leader_id}")
 
 
-@cli.command()
+class _SnapshotGroup(click.Group):
+    """`snapshot ID` (compact that node now) beside `snapshot save|status FILE`: a first
+    argument that is a number names a node."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0].isdigit():
+            args = ["compact", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_SnapshotGroup)
+def snapshot() -> None:
+    """Snapshots: compact a node's log now (`snapshot ID`), back up the whole store to a file
+    (`snapshot save FILE`), check a backup file (`snapshot status FILE`). Restore a backup into
+    a new cluster with `raftkvd restore`."""
+
+
+@snapshot.command("compact")
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
 @pass_settings
-def snapshot(settings: Settings, node_id: int) -> None:
-    """Snapshot node ID and compact its log now."""
+def snapshot_compact(settings: Settings, node_id: int) -> None:
+    """Snapshot node ID and compact its log now (also: `raftctl snapshot ID`)."""
     client = settings.client()
     node = _find_node(client.cluster(), node_id)
     index = client.snapshot(node["endpoint"])
     settings.done({"id": node_id, "index": index}, f"node {node_id}: snapshot at index {index}")
+
+
+@snapshot.command("save")
+@click.argument("file", type=click.Path(path_type=Path))
+@pass_settings
+def snapshot_save(settings: Settings, file: Path) -> None:
+    """Back up the whole store into FILE: a consistent copy at a committed index, streamed
+    from the leader while it keeps serving, written atomically (FILE appears only once
+    complete and checked). Prints the index, key count, size and sha256."""
+    progress = _progress()
+    task = progress.add_task("backup", total=None)
+    with progress:
+        saved = backup.save(settings.client(), file,
+                            lambda rows, keys: progress.update(task, completed=rows, total=keys))
+    info = saved.info
+    settings.done(saved.as_dict(), f"saved {file}: index {info.index}, {info.keys} keys, "
+                                   f"{info.size} bytes, sha256 {info.sha256}")
+
+
+@snapshot.command("status")
+@click.argument("file", type=click.Path(path_type=Path))
+@pass_settings
+def snapshot_status(settings: Settings, file: Path) -> None:
+    """Check a backup FILE and print what it holds: index, term, revision, key count,
+    membership, and whether the checksum holds (exit 1 when it does not)."""
+    progress = _progress()
+    task = progress.add_task("checking", total=None)
+    with progress:
+        info = backup.describe(file, lambda rows, keys: progress.update(task, completed=rows,
+                                                                        total=keys))
+    render.print_backup(str(file), info, settings.output)
 
 
 def _find_node(nodes: list[dict[str, Any]], node_id: int) -> dict[str, Any]:
@@ -381,12 +429,17 @@ def _run_load(
     settings: Settings, clients: int, count: int, make_request: RequestMaker, label: str
 ) -> tuple[list[float], float]:
     """Run `count` operations over `clients` sessions with a progress bar on stderr."""
-    progress = Progress(console=Console(stderr=True), disable=not sys.stderr.isatty())
+    progress = _progress()
     task = progress.add_task(label, total=count)
     with progress:
         run = LoadRun(settings.endpoints, settings.timeout, clients, count, make_request,
                       on_done=lambda n: progress.advance(task, n))
         return run.run()
+
+
+def _progress() -> Progress:
+    """A progress bar on stderr when it is a terminal; nothing in pipes and logs."""
+    return Progress(console=Console(stderr=True), disable=not sys.stderr.isatty())
 
 
 def main(args: list[str] | None = None) -> int:

@@ -186,6 +186,17 @@ class Client:
         """Make the node at `endpoint` snapshot and compact its log; returns the index."""
         return int(self._call_node(normalize_endpoint(endpoint), Op.SNAPSHOT)["index"])
 
+    def backup_open(self) -> tuple[str, Reply]:
+        """Open a backup on the leader: the endpoint to read it from, and its stream id and
+        header (raftctl/backup.py reads it to a file)."""
+        reply = self._call(Op.BACKUP, Route.LEADER, idempotent=False)
+        assert self._router.leader is not None, "a leader call that succeeded knows the leader"
+        return self._router.leader, reply
+
+    def backup_read(self, endpoint: str, stream: str, seq: int) -> Reply:
+        """Chunk `seq` of backup `stream`, from the node that opened it."""
+        return self._call_node(endpoint, Op.BACKUP_READ, stream=stream, seq=seq)
+
     # -- lifecycle ------------------------------------------------------------
 
     def close(self) -> None:
@@ -229,9 +240,9 @@ class Client:
             + (f" (last: {call.last_error})" if call.last_error else "")
         )
 
-    def _call_node(self, endpoint: str, op: Op) -> Reply:
+    def _call_node(self, endpoint: str, op: Op, **fields: Any) -> Reply:
         """Ask one given node, without redirects: the question is about that node."""
-        request = self._request(op)
+        request = self._request(op, **fields)
         now = time.monotonic()
         call = Call(Router([endpoint]), Route.NODE, now, now + self.timeout, target=endpoint)
         self._links.run(request, call)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raftctl.client import TCP_SCHEME
+from raftkv.backupfile import BackupInfo
 
 OUTPUT_TABLE = "table"
 OUTPUT_JSON = "json"
@@ -187,3 +189,25 @@ def print_bench(result: dict[str, Any], output: str) -> None:
             "latency ms: " + "  ".join(f"{name} {value:.2f}" for name, value in latency.items()),
         ]
     )
+
+
+def print_backup(path: str, info: BackupInfo, output: str) -> None:
+    """What a checked backup file holds (`snapshot status`)."""
+    header = info.header
+    members = ", ".join(
+        f"{i}{' (learner)' if int(i) in header['learners'] else ''}" for i in sorted(
+            header["members"], key=int))
+    data = {"file": path, "format": header["format"], "index": info.index, "term": info.term,
+            "revision": header["revision"], "keys": info.keys, "voters": header["voters"],
+            "learners": header["learners"], "members": header["members"],
+            "node_id": header["node_id"], "created": header["created"], "bytes": info.size,
+            "sha256": info.sha256, "checksum": "ok"}
+    if output == OUTPUT_JSON:
+        print_json(data)
+        return
+    created = datetime.fromtimestamp(header["created"], UTC).isoformat(timespec="seconds")
+    rows = [["file", path], ["index", str(info.index)], ["term", str(info.term)],
+            ["revision", str(header["revision"])], ["keys", str(info.keys)],
+            ["members", members or "-"], ["taken from", f"node {header['node_id']} at {created}"],
+            ["bytes", str(info.size)], ["sha256", info.sha256], ["checksum", "ok"]]
+    print_rows(rows, ("field", "value"), output)

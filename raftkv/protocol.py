@@ -21,6 +21,11 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   member_add: node_id, raft, client, http -> index (the new node joins as a learner; the
           leader promotes it to voter once it has caught up)
   member_remove: node_id                  -> index
+  backup: (none)                          -> stream (id), header (raftkv/backupfile.py) (the
+          leader opens a consistent view of its applied state; others redirect)
+  backup_read: stream, seq (0, 1, ...)    -> seq, data (packed rows), rows, done, and sha256 of
+          all the data once done (ask the node that opened the stream; seq asked again: the
+          same chunk again)
   metrics:(none)                          -> text (Prometheus exposition of the node process;
           the HTTP process serves it, with its own REST metrics, on /metrics)
   (index: the log index of the write's entry, committed and applied when the answer left)
@@ -60,6 +65,8 @@ class Op(enum.StrEnum):
     METRICS = "metrics"
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"
+    BACKUP = "backup"
+    BACKUP_READ = "backup_read"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})

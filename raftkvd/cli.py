@@ -12,9 +12,11 @@ from typing import Any
 import click
 import zmq
 
+from raftkv.backupfile import BackupError
+
 from .errors import RaftKVError
 from .localcluster import LocalCluster
-from .settings import LOG_FORMAT, LOG_LEVELS, SettingsError, load_cluster, load_settings
+from .settings import LOG_FORMAT, LOG_LEVELS, Settings, SettingsError, load_cluster, load_settings
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -35,13 +37,25 @@ def cli() -> None:
     """
 
 
+_node_options = [
+    click.option("--config", "config_path", envvar="RAFTKVD_CONFIG", type=click.Path(dir_okay=False),
+                 help="Cluster TOML file (env RAFTKVD_CONFIG)."),
+    # RAFTKVD_ID is read by load_settings (not click), so a bad value is reported as one line.
+    click.option("--id", "node_id", type=int, help="The node's id (env RAFTKVD_ID)."),
+    click.option("--data-dir", type=click.Path(file_okay=False),
+                 help="Override the node's data_dir (env RAFTKVD_DATA_DIR)."),
+]
+
+
+def node_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that name one node of a cluster file (run, restore, recover)."""
+    for option in reversed(_node_options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
-@click.option("--config", "config_path", envvar="RAFTKVD_CONFIG", type=click.Path(dir_okay=False),
-              help="Cluster TOML file (env RAFTKVD_CONFIG).")
-# RAFTKVD_ID is read by load_settings (not click), so a bad value is reported as one line.
-@click.option("--id", "node_id", type=int, help="This node's id (env RAFTKVD_ID).")
-@click.option("--data-dir", type=click.Path(file_okay=False),
-              help="Override the node's data_dir (env RAFTKVD_DATA_DIR).")
+@node_options
 @click.option("--log-level", type=click.Choice([level.lower() for level in LOG_LEVELS], case_sensitive=False),
               help="Log level, in any case (env RAFTKVD_LOG_LEVEL, default info).")
 @click.option("--join", is_flag=True, default=False,
@@ -76,6 +90,65 @@ def run(obj: dict[str, Any] | None, config_path: str | None, node_id: int | None
         node.run()
     except RaftKVError as exc:
         _fail(f"node {settings.node.id}: {exc}", EXIT_RUNTIME)
+
+
+def _node_settings(config_path: str | None, node_id: int | None, data_dir: str | None) -> Settings:
+    try:
+        return load_settings(config_path, node_id=node_id, data_dir=data_dir)
+    except SettingsError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+        raise AssertionError("unreachable") from exc
+
+
+@cli.command()
+@click.argument("backup", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@node_options
+def restore(backup: Path, config_path: str | None, node_id: int | None, data_dir: str | None) -> None:
+    """Seed a new node's empty data dir from FILE, a backup made by `raftctl snapshot save`.
+
+    Restore every node of a new cluster from the same file, each with its --id; the new
+    cluster's members are the nodes of the cluster file (--config), whatever the backup's
+    were. Then start the nodes as usual. A damaged or truncated FILE, or a data dir that is
+    not empty, is refused (exit 2) and nothing is written.
+    """
+    from .offline.restore import restore as run_restore
+
+    settings = _node_settings(config_path, node_id, data_dir)
+    try:
+        done = run_restore(backup, settings)
+    except (RaftKVError, BackupError, OSError) as exc:
+        _fail(f"restore: {exc}", EXIT_CONFIG)
+    click.echo(f"restored node {settings.node.id} into {done.data_dir}: index {done.info.index}, "
+               f"{done.info.keys} keys, members {', '.join(map(str, done.voters))} "
+               f"({done.seconds:.1f}s)")
+
+
+@cli.command()
+@node_options
+@click.option("--force-new-cluster", is_flag=True,
+              help="Required: make this node the only member of a new cluster.")
+def recover(config_path: str | None, node_id: int | None, data_dir: str | None,
+            force_new_cluster: bool) -> None:
+    """Disaster recovery when a majority is lost for good: turn this stopped node into a
+    one-member cluster that keeps all its data (every entry of its log is applied).
+
+    Run it on the survivor with the highest last log index; start it with `raftkvd run`,
+    then add the others back as new nodes: `raftctl member add`, and `raftkvd run --join`
+    on an empty data dir. See the README's runbook.
+    """
+    from .offline.recover import recover as run_recover
+
+    if not force_new_cluster:
+        _fail("recover rewrites the membership: confirm with --force-new-cluster", EXIT_CONFIG)
+    settings = _node_settings(config_path, node_id, data_dir)
+    try:
+        done = run_recover(settings)
+    except (RaftKVError, OSError) as exc:
+        _fail(f"recover: {exc}", EXIT_CONFIG)
+    click.echo(f"node {settings.node.id} is now the only member (was: "
+               f"{', '.join(map(str, done.former_members)) or 'none'}): index {done.index}, term "
+               f"{done.term}, {done.keys} keys ({done.index - done.applied_before} entries "
+               "applied); start it, then add members back with `raftctl member add`")
 
 
 @cli.group()

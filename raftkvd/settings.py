@@ -104,6 +104,10 @@ class ClusterSettings:
                 return node
         raise KeyError(node_id)
 
+    def addresses(self) -> dict[int, dict[str, str]]:
+        """Every node's addresses, in the shape the membership keeps them."""
+        return {n.id: {"raft": n.raft, "client": n.client, "http": n.http} for n in self.nodes}
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:

@@ -9,7 +9,9 @@ decision here (revisions, session eviction) must be a pure function of that inpu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -197,8 +199,10 @@ class KVStateMachine:
     def members(self) -> dict[int, dict[str, str]]:
         """Addresses of the members that joined through the log or the bootstrap."""
         with self._env.read() as txn:
-            cursor = txn.cursor(db=self._members)
-            return {_U64.unpack(k)[0]: msgpack.unpackb(v) for k, v in cursor}
+            return self._members_in(txn)
+
+    def _members_in(self, txn: lmdb.Transaction) -> dict[int, dict[str, str]]:
+        return {_U64.unpack(k)[0]: msgpack.unpackb(v) for k, v in txn.cursor(db=self._members)}
 
     def hash(self) -> str:
         """Digest of keys, values and revisions: equal on replicas that applied the same log."""
@@ -219,6 +223,51 @@ class KVStateMachine:
             meta = self._load_meta(txn)
             snap_meta = SnapshotMeta(meta.applied, meta.applied_term, meta.conf())
             return Snapshot(snap_meta, self._dump(txn, meta))
+
+    # --- backups (raftkv/backupfile.py) ----------------------------------------------
+    def backup_header(self, txn: lmdb.Transaction) -> dict[str, Any]:
+        """What a backup taken in the read transaction `txn` says about itself."""
+        meta = self._load_meta(txn)
+        members = {str(i): a for i, a in self._members_in(txn).items()}
+        return {"index": meta.applied, "term": meta.applied_term, "revision": meta.revision,
+                "keys": meta.keys, "voters": meta.voters, "learners": meta.learners,
+                "members": members}
+
+    def backup_rows(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, bytes]]:
+        """Every key with its stored record, in key order (the rows of a backup file)."""
+        return txn.cursor(db=self._kv).iternext()
+
+    def load_backup(self, rows: Iterable[tuple[bytes, bytes]], header: dict[str, Any],
+                    rows_per_txn: int = 50_000) -> None:
+        """Seed an empty store with a backup's rows and counters, in transactions of
+        `rows_per_txn` (bounded memory); the counters, and so the applied index, are written
+        last, in a durable transaction: until then the store reads as empty and new."""
+        rows = iter(rows)
+        while True:
+            with self._env.write(durable=False) as b:
+                consumed, added = b.txn.cursor(db=self._kv).putmulti(
+                    itertools.islice(rows, rows_per_txn), append=True)
+            if consumed != added:
+                raise StorageCorruptError("backup rows are out of key order")
+            if consumed < rows_per_txn:
+                break
+        with self._env.write() as b:
+            meta = self._load_meta(b.txn)
+            meta.applied, meta.applied_term = header["index"], header["term"]
+            meta.revision, meta.keys = header["revision"], header["keys"]
+            self._store_meta(b, meta)
+
+    def force_membership(self, conf: ConfState, members: dict[int, dict[str, str]],
+                         batch: Batch | None = None) -> None:
+        """Replace the membership outside the log (restore into a new cluster, disaster
+        recovery): only ever on a stopped node, as the operator's explicit decision."""
+        with self._env.join(batch) as b:
+            meta = self._load_meta(b.txn)
+            meta.set_conf(conf)
+            b.txn.drop(self._members, delete=False)
+            for node_id, addresses in members.items():
+                b.txn.put(_U64.pack(node_id), msgpack.packb(addresses), db=self._members)
+            self._store_meta(b, meta)
 
     # --- apply helpers ------------------------------------------------------------
     def _apply_entry(self, txn: lmdb.Transaction, meta: _Meta, entry: Entry) -> Result:

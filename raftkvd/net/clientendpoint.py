@@ -122,6 +122,10 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
         raise RequestError(Code.INVALID, "consistency must be linearizable or serializable")
     if op in protocol.MEMBER_OPS:
         _member(body, adding=op == Op.MEMBER_ADD)
+    if op == Op.BACKUP_READ:
+        _text(body, "stream")
+        if type(body.get("seq")) is not int or body["seq"] < 0:
+            raise RequestError(Code.INVALID, "seq must be a chunk number (0, 1, ...)")
     to = body.get("to", 0)
     if op == Op.TRANSFER and (type(to) is not int or to < 0):  # bool is an int: refuse it too
         raise RequestError(Code.INVALID, "to must be a node id")

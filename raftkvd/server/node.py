@@ -33,6 +33,7 @@ from ..storage.lmdbenv import LmdbEnv
 from ..storage.logstore import LogStore
 from . import sdnotify
 from .background import Background
+from .backups import Backups
 from .reads import Reads
 from .replica import Replica
 
@@ -79,10 +80,6 @@ def raft_config(settings: Settings, applied: int) -> RaftConfig:
     )
 
 
-def file_addresses(settings: Settings) -> dict[int, dict[str, str]]:
-    return {n.id: {"raft": n.raft, "client": n.client, "http": n.http} for n in settings.cluster.nodes}
-
-
 class Node:
     def __init__(self, settings: Settings, ctx: zmq.Context | None = None, *,
                  raft_bind: str | None = None, reads: type[Reads] = Reads) -> None:
@@ -109,7 +106,7 @@ class Node:
         if not settings.join:
             # A brand-new data dir takes its first membership from the cluster file, unless the
             # node joins a running cluster: then the leader's snapshot brings the membership.
-            founders = file_addresses(settings)
+            founders = settings.cluster.addresses()
             self.sm.bootstrap(ConfState(frozenset(founders)), founders)
         self.transport = _bind_retrying(lambda: Transport(self.ctx, self.id, raft_bind, {}))
         self.client = _bind_retrying(
@@ -124,9 +121,10 @@ class Node:
             raft_config(settings, self.sm.applied_index()), store=self.env,
             logstore=LogStore(self.env, self.sm), sm=self.sm, transport=self.transport,
             replies=self.client, clock=time.monotonic, metrics=self.metrics,
-            founders=file_addresses(settings), snapshot_threshold=settings.cluster.snapshot_threshold,
+            founders=settings.cluster.addresses(), snapshot_threshold=settings.cluster.snapshot_threshold,
             silent_after_s=2 * high / 1000, reads=reads)
         self.background = Background(self.ctx, self.id)
+        self.backups = Backups(self.env, self.sm, self.id)
         self.statuses = StatusFetcher(self.ctx)
         self._stopping = False
         self._handoff_deadline: float | None = None
@@ -167,6 +165,7 @@ class Node:
                     self._publish()
                     self.http.supervise()
                     self.replica.periodic()
+                    self.backups.expire()
                     self.client.flush()
         finally:
             sdnotify.notify("STOPPING=1")
@@ -221,6 +220,14 @@ class Node:
             self.background.submit(request, gather)
         elif request.op == Op.METRICS:
             self.background.submit(request, self._metrics_text)
+        elif request.op == Op.BACKUP:
+            if self.replica.core.role != StateRole.LEADER:
+                self.replica.redirect(request)  # a backup holds what the leader applied
+                return
+            self.client.respond(request, self.backups.open())
+        elif request.op == Op.BACKUP_READ:
+            read = functools.partial(self.backups.read, request.body["stream"], request.body["seq"])
+            self.background.submit(request, read)
         else:
             self.replica.handle(request)
 
@@ -250,6 +257,7 @@ class Node:
                                                   "error": "node shutting down"})
         self.client.flush()
         self.background.close()
+        self.backups.close()
         self.statuses.close()
         self.transport.close()
         self.client.close()

@@ -116,6 +116,12 @@ class LmdbEnv:
         with translate_errors(), self.env.begin() as txn:
             yield txn
 
+    def reader(self) -> lmdb.Transaction:
+        """A read transaction the caller keeps (and must `abort`): a consistent view for as long
+        as it lives, which writers never wait for (a backup streams from one)."""
+        with translate_errors():
+            return self.env.begin()
+
     def used_bytes(self) -> int:
         """High-water mark of the file: how much of the map has ever been handed out."""
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
