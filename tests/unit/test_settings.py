@@ -343,3 +343,66 @@ def test_invalid_flag_values_name_the_flag(write) -> None:
     path = write(three_nodes())
     assert config_error(path, log_level="chatty").field == "--log-level"
     assert config_error(path, data_dir="").field == "--data-dir"
+
+
+# --- the log level: flag > environment > file > default ----------------------------------
+
+
+def with_log_level(level: str) -> dict[str, Any]:
+    doc = three_nodes()
+    doc["cluster"]["log_level"] = level
+    return doc
+
+
+@pytest.mark.parametrize(
+    "flag, env, level",
+    [(None, {}, "DEBUG"), (None, {"RAFTKVD_LOG_LEVEL": "error"}, "ERROR"),
+     ("warning", {"RAFTKVD_LOG_LEVEL": "error"}, "WARNING"), ("Critical", {}, "CRITICAL")],
+)  # fmt: skip
+def test_the_file_log_level_yields_to_the_environment_and_the_flag(
+    write, flag: str | None, env: dict[str, str], level: str
+) -> None:
+    settings = load_settings(write(with_log_level("debug")), node_id=1, env=env, log_level=flag)
+    assert settings.log_level == level
+    assert settings.cluster.log_level == "DEBUG", "the file's own level, whatever wins"
+
+
+def test_without_a_file_log_level_the_default_is_info(write) -> None:
+    settings = load_settings(write(three_nodes()), node_id=1, env=NO_ENV)
+    assert (settings.cluster.log_level, settings.log_level) == (None, "INFO")
+
+
+@pytest.mark.parametrize("level", ["loud", "", 10, True])
+def test_an_invalid_file_log_level_names_the_field(write, level: Any) -> None:
+    error = config_error(write(with_log_level(level)))
+    assert error.field == "cluster.log_level"
+    assert "DEBUG, INFO" in error.message
+
+
+# --- reloading: the file again, with the flags and environment of the start ----------------
+
+
+def test_reload_reads_the_changed_file_with_the_flags_and_environment_of_the_start(
+    write, tmp_path: Path
+) -> None:
+    doc = three_nodes()
+    path = write(doc)
+    env = {"RAFTKVD_DATA_DIR": str(tmp_path / "env-dir")}
+    first = load_settings(path, node_id=2, env=env, log_level="error")
+    doc["cluster"] |= {"max_value_bytes": 2048, "log_level": "debug"}
+    write(doc)
+    again = first.reload()
+    assert again.cluster.max_value_bytes == 2048
+    assert again.log_level == "ERROR", "the start's --log-level still wins over the file"
+    assert (again.node.id, again.node.data_dir) == (2, tmp_path / "env-dir")
+    assert again.config_path == first.config_path
+
+
+def test_reload_of_a_file_that_turned_invalid_raises_the_error_naming_the_field(write) -> None:
+    doc = three_nodes()
+    first = load_settings(write(doc), node_id=1, env=NO_ENV)
+    doc["cluster"]["max_value_bytes"] = "x"
+    write(doc)
+    with pytest.raises(SettingsError) as info:
+        first.reload()
+    assert str(info.value) == "config error: cluster.max_value_bytes: expected a positive integer, got 'x'"
