@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_settings import cluster_key, node_key, three_nodes, to_toml
+from cluster_docs import cluster_key, node_key, three_nodes, to_toml
 
 from raftkvd.server import reload
 from raftkvd.settings import MIB, Settings, load_settings
