@@ -24,7 +24,7 @@ To make a setting reloadable, name it here and apply it there."""
 
 
 @dataclass(frozen=True, slots=True)
-class Reload:
+class Outcome:
     """The outcome of re-reading the file: what to run with, and what differed."""
 
     settings: Settings
@@ -35,7 +35,7 @@ class Reload:
     """Settings the file changed that take effect at the next start only."""
 
 
-def reread(running: Settings) -> Reload | None:
+def reread(running: Settings) -> Outcome | None:
     """Load the cluster file again as at start and decide; None (and one logged line) when
     it does not load, so the caller keeps `running` untouched."""
     try:
@@ -50,13 +50,13 @@ def reread(running: Settings) -> Reload | None:
     return outcome
 
 
-def plan(running: Settings, loaded: Settings) -> Reload:
+def plan(running: Settings, loaded: Settings) -> Outcome:
     """Pure: the reloadable settings of `loaded` on top of `running`, and what differed."""
     changed = differences(running, loaded)
     settings = running
     for path in sorted(RELOADABLE):
         settings = _with(settings, path, _get(loaded, path))
-    return Reload(
+    return Outcome(
         settings,
         applied=tuple(path for path in changed if path in RELOADABLE),
         restart_only=tuple(path for path in changed if path not in RELOADABLE),
