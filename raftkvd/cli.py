@@ -57,14 +57,20 @@ def node_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @node_options
 @click.option("--log-level", type=click.Choice([level.lower() for level in LOG_LEVELS], case_sensitive=False),
-              help="Log level, in any case (env RAFTKVD_LOG_LEVEL, default info).")
+              help="Log level, in any case (env RAFTKVD_LOG_LEVEL, then the file's [cluster] log_level, "
+                   "default info). Given here or in the environment, it also wins over the file "
+                   "on a reload (SIGHUP).")
 @click.option("--join", is_flag=True, default=False,
               help="Join a running cluster after `raftctl member add` (env RAFTKVD_JOIN=1): a "
                    "new data dir learns its membership from the leader instead of the file.")
 @click.pass_obj
 def run(obj: dict[str, Any] | None, config_path: str | None, node_id: int | None, data_dir: str | None,
         log_level: str | None, join: bool) -> None:
-    """Run one node in the foreground; logs go to stderr. SIGTERM/SIGINT stop it cleanly."""
+    """Run one node in the foreground; logs go to stderr. SIGTERM/SIGINT stop it cleanly.
+
+    SIGHUP re-reads the cluster file and applies the log level and max_value_bytes; other
+    changes take effect at restart, and an invalid file keeps the running settings.
+    """
     from .server.node import Node
 
     make_node = (obj or {}).get(NODE_FACTORY, Node)
@@ -86,6 +92,7 @@ def run(obj: dict[str, Any] | None, config_path: str | None, node_id: int | None
         _fail(f"node {settings.node.id}: {exc}", EXIT_RUNTIME)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
+    signal.signal(signal.SIGHUP, lambda *_: node.reload())
     try:
         node.run()
     except RaftKVError as exc:

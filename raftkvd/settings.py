@@ -9,10 +9,14 @@ errors too: `heartbeat_intervall_ms` must not silently mean "use the default".
 Relative `data_dir` paths are relative to the current working directory (so
 `data_dir = "data/node1"` means ./data/node1 when run from the repo root, as
 `make run` does), and are made absolute at load time.
+
+Settings remember how they were loaded (`Origin`): a reload (SIGHUP) reads the file again
+with the same id, flags and environment, so a flag given at start still wins over the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -54,6 +58,7 @@ CLUSTER_KEYS = frozenset(
         "max_value_bytes",
         "map_size_mb",
         "snapshot_threshold",
+        "log_level",
     }
 )
 NODE_KEYS = frozenset({"id", "raft", "client", "http", "data_dir"})
@@ -96,6 +101,9 @@ class ClusterSettings:
     map_size_bytes: int = DEFAULT_MAP_SIZE_MB * MIB
     snapshot_threshold: int = DEFAULT_SNAPSHOT_THRESHOLD
     """Applied entries between automatic log compactions."""
+    log_level: str | None = None
+    """The file's `log_level`, upper case; None when the file has none. Flags and the
+    environment override it: Settings.log_level is the level a node runs with."""
 
     def node(self, node_id: int) -> NodeSettings:
         """The node with `node_id`; KeyError when it is not in the file."""
@@ -110,16 +118,37 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """The arguments settings were loaded with: a reload repeats them, so the precedence of
+    flags and environment over the file holds for the re-read file too."""
+
+    path: str | os.PathLike[str] | None
+    node_id: int | None
+    data_dir: str | os.PathLike[str] | None
+    env: Mapping[str, str]
+    log_level: str | None
+    join: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """What one raftkvd process runs with: the cluster plus its own node."""
 
     cluster: ClusterSettings
     node: NodeSettings
     config_path: Path
+    origin: Origin = dataclasses.field(compare=False, repr=False)
+    """How these settings were loaded; not a setting itself."""
     log_level: str = DEFAULT_LOG_LEVEL
     join: bool = False
     """Join a running cluster (after `raftctl member add`) instead of founding one: a new data
     dir then starts with no membership and learns it from the leader."""
+
+    def reload(self) -> Settings:
+        """Read the cluster file again as at start (SIGHUP); SettingsError if it is now invalid."""
+        origin = self.origin
+        return load_settings(origin.path, origin.node_id, origin.data_dir, origin.env,
+                             origin.log_level, origin.join)
 
 
 def load_cluster(path: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ) -> ClusterSettings:
@@ -136,6 +165,7 @@ def load_settings(
     join: bool = False,
 ) -> Settings:
     """Settings for one node: the file, then RAFTKVD_* variables, then the flags given here."""
+    origin = Origin(path, node_id, data_dir, env, log_level, join)
     config_path = _config_path(path, env)
     cluster = _parse_cluster(_read_toml(config_path))
     node = _select_node(cluster, node_id, env, config_path)
@@ -145,7 +175,8 @@ def load_settings(
         node = replace(node, data_dir=_resolve_dir(env[ENV_DATA_DIR], ENV_DATA_DIR))
     if env.get(ENV_MAP_SIZE):
         cluster = replace(cluster, map_size_bytes=_parse_map_size(env[ENV_MAP_SIZE]))
-    return Settings(cluster, node, config_path, _log_level(log_level, env), join or _join(env))
+    return Settings(cluster, node, config_path, origin, _log_level(log_level, env, cluster.log_level),
+                    join or _join(env))
 
 
 def _join(env: Mapping[str, str]) -> bool:
@@ -199,11 +230,16 @@ def _select_node(
         raise SettingsError(field, f"node {node_id} is not in {path} (ids: {ids})") from None
 
 
-def _log_level(flag: str | None, env: Mapping[str, str]) -> str:
+def _log_level(flag: str | None, env: Mapping[str, str], from_file: str | None) -> str:
+    """--log-level, else RAFTKVD_LOG_LEVEL, else the file's (already checked), else INFO."""
     field, level = ("--log-level", flag) if flag else (ENV_LOG_LEVEL, env.get(ENV_LOG_LEVEL))
     if not level:
-        return DEFAULT_LOG_LEVEL
-    if level.upper() not in LOG_LEVELS:
+        return from_file or DEFAULT_LOG_LEVEL
+    return _checked_level(level, field)
+
+
+def _checked_level(level: Any, field: str) -> str:
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
         raise SettingsError(field, f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level.upper()
 
@@ -244,6 +280,7 @@ def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
         raise SettingsError(
             "cluster.map_size_mb", f"must be at most {MAX_MAP_SIZE_MB} (1 TiB), got {map_size_mb}"
         )
+    log_level = section.get("log_level")  # TOML has no null: None means absent
     return ClusterSettings(
         nodes=_parse_nodes(doc.get("node")),
         election_timeout_ms=election,
@@ -253,6 +290,7 @@ def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
         snapshot_threshold=_positive_int(
             section, "snapshot_threshold", DEFAULT_SNAPSHOT_THRESHOLD, "cluster."
         ),
+        log_level=None if log_level is None else _checked_level(log_level, "cluster.log_level"),
     )
 
 

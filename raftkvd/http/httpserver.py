@@ -93,6 +93,7 @@ class HttpServer:
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._limits: tuple[RestApi, Limits] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -114,6 +115,22 @@ class HttpServer:
         thread.join(SHUTDOWN_TIMEOUT_S + 3.0)
         if thread.is_alive():
             log.warning("event=http_stop_timeout address=%s", self.address)
+
+    def set_max_value_bytes(self, max_value_bytes: int) -> None:
+        """Safe from any thread (a reload, worker.py): requests from now on are held to the new
+        limit, a body's Content-Length included; requests in progress keep the old one."""
+        self.max_value_bytes = max_value_bytes
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to serve
+                loop.call_soon_threadsafe(self._apply_max_value_bytes)
+
+    def _apply_max_value_bytes(self) -> None:
+        """On the server's loop, so that no request sees one limit half changed."""
+        if self._limits is not None:
+            api, limits = self._limits
+            api.max_value_bytes = self.max_value_bytes
+            limits.body_limit = api.body_limit
 
     def _run(self) -> None:
         loop = uvloop.new_event_loop()
@@ -137,6 +154,7 @@ class HttpServer:
         poller = StatusPoller(forward)
         api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes)
         limits = Limits(api.body_limit, BadRequestLog())
+        self._limits = (api, limits)
         connections: set[HttpConnection] = set()
         cap = connection_cap()
 

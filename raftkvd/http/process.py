@@ -3,9 +3,9 @@ restart it if it dies, stop it.
 
 The child is spawned first thing, so its imports overlap the node's own start; the node
 loop then runs at once and checks `poll_ready` each turn, reporting READY=1 only after it.
-The child's stdin is a pipe only we hold: "stop" on it asks for a clean stop, and if this
-process dies the kernel closes it, so a killed node never leaves an orphan HTTP server
-behind (nor its port taken).
+The child's stdin is a pipe only we hold (control.py): "stop" on it asks for a clean stop,
+"reload ..." hands it the node's reloaded settings; and if this process dies the kernel
+closes it, so a killed node never leaves an orphan HTTP server behind (nor its port taken).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 
+from . import control
 from .httpserver import SHUTDOWN_TIMEOUT_S, HttpError
-from .worker import ERROR, READY, STOP
+from .worker import ERROR, READY
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,20 @@ class HttpProcess:
         self.address = address
         self.port: int | None = None
         self.restarts = 0
-        self._command = [
+        self.settings = control.Reload(max_value_bytes, log_level)
+        """What the child runs with; a restarted child starts with the latest."""
+        self._base_command = [
             sys.executable, "-m", "raftkvd.http.worker", "--node-id", str(node_id),
             "--address", address, "--client", local_client,
-            "--max-value-bytes", str(max_value_bytes), "--log-level", log_level,
         ]
         self._handshake = b""
         self._proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self._spawned_at = time.monotonic()
-        return subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        command = [*self._base_command, "--max-value-bytes", str(self.settings.max_value_bytes),
+                   "--log-level", self.settings.log_level]
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     @property
     def pid(self) -> int:
@@ -98,6 +102,23 @@ class HttpProcess:
                   self.restarts)
         self._proc = self._spawn()
 
+    def reload(self, settings: control.Reload) -> None:
+        """Hand the child the node's reloaded settings; it applies them to its next request
+        (one still starting reads them once it serves). A dead child gets them at its restart."""
+        self.settings = settings
+        self._tell(settings)
+
+    def _tell(self, command: control.Command) -> None:
+        """One command down the pipe (its buffer holds it until the child reads); a child that
+        is gone is supervise's business."""
+        stdin = self._proc.stdin
+        if stdin is not None and not stdin.closed and self._proc.poll() is None:
+            try:
+                stdin.write(control.encode(command))
+                stdin.flush()
+            except OSError:
+                pass
+
     def _close_pipes(self) -> None:
         for pipe in (self._proc.stdin, self._proc.stdout):
             if pipe is not None and not pipe.closed:
@@ -108,13 +129,7 @@ class HttpProcess:
 
     def stop(self) -> None:
         """Ask the child to stop (it finishes cleanly), then wait; kill it if it will not go."""
-        stdin = self._proc.stdin
-        if stdin is not None and not stdin.closed and self._proc.poll() is None:
-            try:
-                stdin.write(STOP + b"\n")
-                stdin.flush()
-            except OSError:
-                pass
+        self._tell(control.Stop())
         self._close_pipes()
         try:
             self._proc.wait(STOP_TIMEOUT_S)

@@ -80,7 +80,7 @@ class RestApi:
         self.snapshot = snapshot
         self.metrics = metrics
         self.max_value_bytes = max_value_bytes
-        self.body_limit = max_value_bytes + BODY_SLACK_BYTES
+        """Changed at run time by a reload (HttpServer.set_max_value_bytes)."""
         self.openapi = _load_openapi()
         self.web = WebView()
         self.routes: dict[str, dict[str, Handler]] = {
@@ -99,6 +99,11 @@ class RestApi:
             for route, methods in self.routes.items():
                 for method in methods:
                     self.metrics.declare(method, route, 200)
+
+    @property
+    def body_limit(self) -> int:
+        """The largest PUT body worth reading: a value of max_value_bytes in its JSON."""
+        return self.max_value_bytes + BODY_SLACK_BYTES
 
     @staticmethod
     def route_of(path: str) -> str:

@@ -5,10 +5,11 @@ never compete with the Raft loop for it. It talks to its node only through the n
 client endpoint.
 
 Handshake with the parent: one line on stdout once the address is bound, "ready PORT", or
-"error MESSAGE" when it cannot be. Then the process serves until "stop" arrives on its
-stdin, or SIGTERM/SIGINT, and stops cleanly; or until its stdin ends without "stop": the
-node died (the kernel closed the pipe), and the process exits at once, freeing the port for
-the node's restart.
+"error MESSAGE" when it cannot be. Then the process serves, and takes commands from its
+stdin, one a line (control.py): "reload ..." applies the node's reloaded settings, "stop" (or
+SIGTERM/SIGINT) stops it cleanly. If its stdin ends without "stop", the node died (the
+kernel closed the pipe), and the process exits at once, freeing the port for the node's
+restart.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import threading
 from raftkvd.metrics import HttpMetrics
 from raftkvd.settings import LOG_FORMAT
 
+from . import control
 from .httpserver import HttpError, HttpServer
 
 log = logging.getLogger(__name__)
 
 READY = "ready"
 ERROR = "error"
-STOP = b"stop"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,16 +51,31 @@ def _say(line: str) -> None:
         pass
 
 
-def _watch_node(done: threading.Event) -> None:
-    """Read stdin to its end: "stop" asks for a clean stop; an end without it, the node died."""
-    received = b""
-    while chunk := os.read(sys.stdin.fileno(), 64):
-        received += chunk
-    if STOP not in received:
-        log.warning("event=node_gone action=exit")
-        logging.shutdown()
-        os._exit(1)
-    done.set()
+def _watch_node(done: threading.Event, server: HttpServer) -> None:
+    """Follow the node's commands on stdin until "stop"; an end without it: the node died."""
+    for line in sys.stdin.buffer:
+        try:
+            command = control.parse(line)
+        except ValueError as exc:
+            log.warning("event=control_ignored error=%s", exc)
+            continue
+        log.debug('event=control command="%s"', line.decode(errors="replace").strip())
+        if isinstance(command, control.Stop):
+            done.set()
+            return
+        _reload(server, command)
+    log.warning("event=node_gone action=exit")
+    logging.shutdown()
+    os._exit(1)
+
+
+def _reload(server: HttpServer, settings: control.Reload) -> None:
+    """The node reloaded its cluster file (SIGHUP): this process follows its log level and
+    holds the next request to its max_value_bytes."""
+    logging.getLogger().setLevel(settings.log_level)
+    server.set_max_value_bytes(settings.max_value_bytes)
+    log.info("event=http_reloaded max_value_bytes=%d log_level=%s", settings.max_value_bytes,
+             settings.log_level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{ERROR} {exc}")
         return 1
     _say(f"{READY} {server.port}")
-    threading.Thread(target=_watch_node, args=(done,), name="node-watch", daemon=True).start()
+    threading.Thread(target=_watch_node, args=(done, server), name="node-watch", daemon=True).start()
     while not done.wait(1.0):  # wake up now and then so signal handlers run promptly
         pass
     server.stop()

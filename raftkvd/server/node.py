@@ -3,7 +3,8 @@
 Each turn: wait for a socket (or the next tick), hand peer messages and client requests to
 the replica, tick the core on the wall clock, then let the replica turn every Ready into
 I/O (replica.py, driver.py). Around that: the node's HTTP process (http/process.py), work
-that may block (background.py), and the status the metrics and the HTTP process read.
+that may block (background.py), the status the metrics and the HTTP process read, and
+reloads of the cluster file (reload.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import zmq
 
 from raftkv.protocol import Code, Op
 
+from ..http import control
 from ..http.process import HttpProcess
 from ..kv.statemachine import KVStateMachine
 from ..metrics import NodeMetrics, Snapshot
@@ -31,7 +33,7 @@ from ..raft.messages import NONE, ConfState, StateRole
 from ..settings import Settings
 from ..storage.lmdbenv import LmdbEnv
 from ..storage.logstore import LogStore
-from . import sdnotify
+from . import reload, sdnotify
 from .background import Background
 from .backups import Backups
 from .reads import Reads
@@ -127,6 +129,7 @@ class Node:
         self.backups = Backups(self.env, self.sm, self.id)
         self.statuses = StatusFetcher(self.ctx)
         self._stopping = False
+        self._reload_requested = False
         self._handoff_deadline: float | None = None
         self._next_publish = 0.0
 
@@ -134,6 +137,10 @@ class Node:
     def stop(self) -> None:
         """Safe from a signal handler: the loop notices within one tick."""
         self._stopping = True
+
+    def reload(self) -> None:
+        """Safe from a signal handler (SIGHUP): the loop re-reads the cluster file within one tick."""
+        self._reload_requested = True
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -154,6 +161,8 @@ class Node:
             gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
             while not (self._stopping and self._may_stop()):
                 poller.poll(max(0.0, (next_tick - time.monotonic()) * 1000))
+                if self._reload_requested:
+                    self._reload()
                 self._receive()
                 next_tick = self._tick(next_tick, tick_s)
                 self.replica.end_turn()
@@ -170,6 +179,26 @@ class Node:
         finally:
             sdnotify.notify("STOPPING=1")
             self._shutdown()
+
+    def _reload(self) -> None:
+        """Re-read the cluster file and apply what may change at run time (reload.py decides)."""
+        self._reload_requested = False  # first: a SIGHUP during this reload asks for another
+        log.debug("node=%d event=reload_requested config=%s", self.id, self.settings.config_path)
+        outcome = reload.reread(self.settings)
+        if outcome is None:
+            return  # the file is invalid: the running settings stay (reread logged why)
+        self.settings = outcome.settings
+        self._apply_reloadable(outcome.settings)
+        log.info("node=%d event=reloaded changed=%s log_level=%s max_value_bytes=%d", self.id,
+                 ",".join(outcome.applied) or "none", outcome.settings.log_level,
+                 outcome.settings.cluster.max_value_bytes)
+
+    def _apply_reloadable(self, settings: Settings) -> None:
+        """Where each setting of reload.RELOADABLE takes effect: this process's root logger and
+        client endpoint (native protocol's TOO_LARGE), and the HTTP process (REST 413)."""
+        logging.getLogger().setLevel(settings.log_level)
+        self.client.max_value_bytes = settings.cluster.max_value_bytes
+        self.http.reload(control.Reload(settings.cluster.max_value_bytes, settings.log_level))
 
     def _may_stop(self) -> bool:
         """Asked once a stop was requested: a leader first hands leadership over (SPEC §3,

@@ -162,8 +162,9 @@ class ProcCluster:
         *,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         snapshot_threshold: int | None = None,
-        log_level: str = "info",
+        log_level: str | None = "info",
     ) -> None:
+        """`log_level`: RAFTKVD_LOG_LEVEL of every node; None leaves it to the cluster file."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._taken: set[int] = set()
@@ -173,6 +174,7 @@ class ProcCluster:
         self.log_level = log_level
         self.config_path = root / "cluster.toml"
         self._file_settings = (max_value_bytes, snapshot_threshold)
+        self._cluster_keys: dict[str, str] = {}
         self.config_path.write_text(self._toml(*self._file_settings))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: list[subprocess.Popen[bytes]] = []
@@ -201,16 +203,22 @@ class ProcCluster:
         self.config_path.write_text(self._toml(*self._file_settings))
         return spec
 
+    def set_cluster_key(self, key: str, value: str) -> None:
+        """Rewrite the cluster file with `key = value` in [cluster] (`value` is TOML source, so
+        a test may write an invalid one); running nodes read it on SIGHUP (`reload`)."""
+        self._cluster_keys[key] = value
+        self.config_path.write_text(self._toml(*self._file_settings))
+
     def _toml(self, max_value_bytes: int, snapshot_threshold: int | None) -> str:
         low, high = ELECTION_TIMEOUT_MS
-        lines = [
-            "[cluster]",
-            f"election_timeout_ms = [{low}, {high}]",
-            f"heartbeat_interval_ms = {HEARTBEAT_MS}",
-            f"max_value_bytes = {max_value_bytes}",
-        ]
+        keys = {
+            "election_timeout_ms": f"[{low}, {high}]",
+            "heartbeat_interval_ms": str(HEARTBEAT_MS),
+            "max_value_bytes": str(max_value_bytes),
+        }
         if snapshot_threshold is not None:
-            lines.append(f"snapshot_threshold = {snapshot_threshold}")
+            keys["snapshot_threshold"] = str(snapshot_threshold)
+        lines = ["[cluster]", *(f"{key} = {value}" for key, value in (keys | self._cluster_keys).items())]
         for spec in self.specs.values():
             lines += [
                 "",
@@ -231,7 +239,8 @@ class ProcCluster:
     def node_env(self, node_id: int) -> dict[str, str]:
         """The environment node `node_id` runs with."""
         env = clean_env()
-        env["RAFTKVD_LOG_LEVEL"] = self.log_level
+        if self.log_level is not None:
+            env["RAFTKVD_LOG_LEVEL"] = self.log_level
         return env
 
     def node_command(self, node_id: int) -> list[str]:
@@ -311,6 +320,10 @@ class ProcCluster:
                 proc.wait()
                 raise AssertionError(f"node {node_id} ignored SIGTERM for {timeout}s") from None
         return proc.returncode
+
+    def reload(self, node_id: int) -> None:
+        """SIGHUP: the node re-reads the cluster file."""
+        self.kill(node_id, signal.SIGHUP)
 
     def pause(self, node_id: int) -> None:
         self.procs[node_id].send_signal(signal.SIGSTOP)

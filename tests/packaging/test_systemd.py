@@ -143,3 +143,9 @@ def test_the_three_host_example_keeps_its_data_where_the_unit_may_write(repo: Pa
     assert exec_start[-2:] == ["--id", "%i"]
     readme = (repo / "README.md").read_text()
     assert exec_start[0] in readme, "the README says where the unit expects raftkvd"
+
+
+def test_systemctl_reload_sends_sighup_to_the_node(repo: Path) -> None:
+    """SIGHUP makes raftkvd re-read its cluster file (SPEC §3); the main pid is the node."""
+    service = unit_settings((repo / "systemd" / UNIT).read_text())["Service"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]

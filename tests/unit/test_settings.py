@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_docs import cluster_key, drop_node_key, node_key, three_nodes, to_toml
 
 from raftkvd.settings import (
     MIB,
@@ -18,53 +18,6 @@ from raftkvd.settings import (
 
 REPO = Path(__file__).resolve().parents[2]
 NO_ENV: dict[str, str] = {}
-
-
-def three_nodes() -> dict[str, Any]:
-    """The SPEC §2 cluster as a document, for tests to break one field at a time."""
-    return {
-        "cluster": {
-            "election_timeout_ms": [150, 300],
-            "heartbeat_interval_ms": 50,
-            "max_value_bytes": 1048576,
-        },
-        "node": [
-            {
-                "id": i,
-                "raft": f"tcp://127.0.0.1:{50050 + i}",
-                "client": f"tcp://127.0.0.1:{50060 + i}",
-                "http": f"127.0.0.1:{8079 + i}",
-                "data_dir": f"data/node{i}",
-            }
-            for i in (1, 2, 3)
-        ],
-    }
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return str(value)
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Enough of a TOML writer for cluster files (tomllib only reads)."""
-    lines = []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            lines.append(f"[{key}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            for table in value:
-                lines.append(f"[[{key}]]")
-                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-        else:
-            lines.insert(0, f"{key} = {toml_value(value)}")
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -154,18 +107,6 @@ def test_ipv6_and_host_names_are_accepted(write) -> None:
 
 
 # --- one bad field, one clear line ------------------------------------------------------
-
-
-def cluster_key(key: str, value: Any):
-    return lambda doc: doc["cluster"].__setitem__(key, value)
-
-
-def node_key(position: int, key: str, value: Any):
-    return lambda doc: doc["node"][position].__setitem__(key, value)
-
-
-def drop_node_key(position: int, key: str):
-    return lambda doc: doc["node"][position].pop(key)
 
 
 BAD_FIELDS = [
@@ -343,3 +284,66 @@ def test_invalid_flag_values_name_the_flag(write) -> None:
     path = write(three_nodes())
     assert config_error(path, log_level="chatty").field == "--log-level"
     assert config_error(path, data_dir="").field == "--data-dir"
+
+
+# --- the log level: flag > environment > file > default ----------------------------------
+
+
+def with_log_level(level: str) -> dict[str, Any]:
+    doc = three_nodes()
+    doc["cluster"]["log_level"] = level
+    return doc
+
+
+@pytest.mark.parametrize(
+    "flag, env, level",
+    [(None, {}, "DEBUG"), (None, {"RAFTKVD_LOG_LEVEL": "error"}, "ERROR"),
+     ("warning", {"RAFTKVD_LOG_LEVEL": "error"}, "WARNING"), ("Critical", {}, "CRITICAL")],
+)  # fmt: skip
+def test_the_file_log_level_yields_to_the_environment_and_the_flag(
+    write, flag: str | None, env: dict[str, str], level: str
+) -> None:
+    settings = load_settings(write(with_log_level("debug")), node_id=1, env=env, log_level=flag)
+    assert settings.log_level == level
+    assert settings.cluster.log_level == "DEBUG", "the file's own level, whatever wins"
+
+
+def test_without_a_file_log_level_the_default_is_info(write) -> None:
+    settings = load_settings(write(three_nodes()), node_id=1, env=NO_ENV)
+    assert (settings.cluster.log_level, settings.log_level) == (None, "INFO")
+
+
+@pytest.mark.parametrize("level", ["loud", "", 10, True])
+def test_an_invalid_file_log_level_names_the_field(write, level: Any) -> None:
+    error = config_error(write(with_log_level(level)))
+    assert error.field == "cluster.log_level"
+    assert "DEBUG, INFO" in error.message
+
+
+# --- reloading: the file again, with the flags and environment of the start ----------------
+
+
+def test_reload_reads_the_changed_file_with_the_flags_and_environment_of_the_start(
+    write, tmp_path: Path
+) -> None:
+    doc = three_nodes()
+    path = write(doc)
+    env = {"RAFTKVD_DATA_DIR": str(tmp_path / "env-dir")}
+    first = load_settings(path, node_id=2, env=env, log_level="error")
+    doc["cluster"] |= {"max_value_bytes": 2048, "log_level": "debug"}
+    write(doc)
+    again = first.reload()
+    assert again.cluster.max_value_bytes == 2048
+    assert again.log_level == "ERROR", "the start's --log-level still wins over the file"
+    assert (again.node.id, again.node.data_dir) == (2, tmp_path / "env-dir")
+    assert again.config_path == first.config_path
+
+
+def test_reload_of_a_file_that_turned_invalid_raises_the_error_naming_the_field(write) -> None:
+    doc = three_nodes()
+    first = load_settings(write(doc), node_id=1, env=NO_ENV)
+    doc["cluster"]["max_value_bytes"] = "x"
+    write(doc)
+    with pytest.raises(SettingsError) as info:
+        first.reload()
+    assert str(info.value) == "config error: cluster.max_value_bytes: expected a positive integer, got 'x'"
