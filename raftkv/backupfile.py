@@ -126,7 +126,7 @@ class BackupWriter:
         self._file.close()
         os.replace(self._tmp, self.path)
         self._committed = True
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return BackupInfo(self.header, self.size + len(trailer), self._whole.hexdigest())
 
     def abort(self) -> None:
@@ -250,7 +250,8 @@ def _check_row(item: Any, previous: bytes) -> bytes:
     return key
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` itself durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

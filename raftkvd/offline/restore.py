@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from raftkv.backupfile import BackupInfo, BackupReader, verify
+from raftkv.backupfile import BackupInfo, BackupReader, fsync_dir, verify
 
 from ..errors import RaftKVError
 from ..kv.statemachine import KVStateMachine
@@ -70,8 +70,4 @@ def restore(backup: Path, settings: Settings, progress: Progress | None = None) 
 def _move_into_place(building: Path, target: Path) -> None:
     """rename(2) replaces an empty directory, and is atomic; the parent's fsync makes it last."""
     os.replace(building, target)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
