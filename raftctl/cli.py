@@ -298,7 +298,12 @@ def member_add(settings: Settings, node_id: int, raft: str, client: str, http: s
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
 @pass_settings
 def member_remove(settings: Settings, node_id: int) -> None:
-    """Remove node ID from the cluster (the leader too: it hands over once removed)."""
+    """Remove node ID from the cluster, the leader included.
+
+    The removed node stops by itself with exit 0 (its supervisor leaves it down): once it
+    applies its removal, or when a member it contacts tells it. To bring the id back later,
+    `member add` it again and start it with --join on an empty data dir.
+    """
     index = settings.client().member_remove(node_id)
     settings.done({"id": node_id, "index": index}, f"removed node {node_id} (index {index})")
 

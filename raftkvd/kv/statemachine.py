@@ -37,6 +37,8 @@ from . import commands
 MAX_SESSIONS = 10_000
 DUMP_VERSION = 1
 ADDRESS_FIELDS = ("raft", "client", "http")
+MAX_REMOVED = 64
+"""Removed members remembered (the latest), so a stale one can be told it was removed."""
 _META = b"meta"
 _U64 = struct.Struct(">Q")
 _IMAGE_DBS = (KV, SESSIONS, SESSION_LRU, MEMBERS)
@@ -59,12 +61,20 @@ class _Meta:
     sessions: int = 0
     voters: list[int] = field(default_factory=list)
     learners: list[int] = field(default_factory=list)
+    removed: list[list[int]] = field(default_factory=list)
+    """[node id, index of its removal], oldest first; an id added again leaves the list."""
 
     def conf(self) -> ConfState:
         return ConfState(frozenset(self.voters), frozenset(self.learners))
 
     def set_conf(self, conf: ConfState) -> None:
         self.voters, self.learners = sorted(conf.voters), sorted(conf.learners)
+
+    def record_change(self, change: ConfChange, index: int) -> None:
+        kept = [pair for pair in self.removed if pair[0] != change.node_id]
+        if change.type == ConfChangeType.REMOVE_NODE:
+            kept.append([change.node_id, index])
+        self.removed = kept[-MAX_REMOVED:]
 
 
 def _unpack(data: bytes) -> Any:
@@ -196,6 +206,10 @@ class KVStateMachine:
         """Membership as of the applied index (what the core needs at restart)."""
         return self._committed.conf()
 
+    def removed_at(self, node_id: int) -> int | None:
+        """The index of the applied entry that removed `node_id`, if it is not a member again."""
+        return next((index for i, index in self._committed.removed if i == node_id), None)
+
     def members(self) -> dict[int, dict[str, str]]:
         """Addresses of the members that joined through the log or the bootstrap."""
         with self._env.read() as txn:
@@ -274,7 +288,7 @@ class KVStateMachine:
         if entry.index != meta.applied + 1:
             raise ValueError(f"apply out of order: applied={meta.applied} got={entry.index}")
         if entry.type == EntryType.CONF_CHANGE:
-            result = self._apply_conf_change(txn, meta, entry.data)
+            result = self._apply_conf_change(txn, meta, entry)
         elif not entry.data:
             result = {"code": Code.OK}  # a new leader's no-op (thesis §6.4)
         else:
@@ -282,12 +296,13 @@ class KVStateMachine:
         meta.applied, meta.applied_term = entry.index, entry.term
         return result
 
-    def _apply_conf_change(self, txn: lmdb.Transaction, meta: _Meta, data: bytes) -> Result:
+    def _apply_conf_change(self, txn: lmdb.Transaction, meta: _Meta, entry: Entry) -> Result:
         try:
-            cc = ConfChange.decode(data)
+            cc = ConfChange.decode(entry.data)
         except (ValueError, KeyError, TypeError):
             return _invalid("malformed conf change")
         meta.set_conf(apply_conf_change(meta.conf(), cc))
+        meta.record_change(cc, entry.index)
         node_key = _U64.pack(cc.node_id)
         if cc.type == ConfChangeType.REMOVE_NODE:
             txn.delete(node_key, db=self._members)

@@ -11,10 +11,16 @@ Message layout (WIRE_VERSION = 1):
      reject_hint, context, snapshot_meta, snapshot_data, offset, done]
     entry:         [index, term, type, data]
     snapshot_meta: [index, term, voters, learners] or nil
+
+Besides Raft messages, one notice of the node layer (not the core's): a member tells a node
+that the log removed it, as etcd's peers answer a removed member, so that a node which missed
+its own removal (stopped, partitioned) stops instead of campaigning for ever:
+    [version, REMOVED_NOTICE, to, frm, index]      index: the entry that removed `to`
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -35,8 +41,24 @@ MAX_FRAME_BYTES = 65 * 1024 * 1024
 
 _MESSAGE_FIELDS = 16
 _UINT_FIELDS = ("to", "frm", "term", "log_term", "index", "commit", "reject_hint", "offset")
+_NOTICE_FIELDS = 5
+REMOVED_NOTICE = 100
+"""The frame type of a RemovedNotice; no MessageType uses it."""
 _MESSAGE_TYPES = {t.value: t for t in MessageType}
 _ENTRY_TYPES = {t.value: t for t in EntryType}
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedNotice:
+    """`frm` applied the entry at `index` that removed `to` from the cluster."""
+
+    to: int
+    frm: int
+    index: int
+
+
+def encode_notice(notice: RemovedNotice) -> bytes:
+    return msgpack.packb([WIRE_VERSION, REMOVED_NOTICE, notice.to, notice.frm, notice.index])
 
 
 def encode_message(msg: Message) -> bytes:
@@ -68,12 +90,35 @@ def _encode_meta(meta: SnapshotMeta) -> list[Any]:
     return [meta.index, meta.term, sorted(meta.conf.voters), sorted(meta.conf.learners)]
 
 
-def decode_message(data: bytes) -> Message:
-    """Parse one peer frame; raises FrameError for anything but a well-formed message."""
+def decode_frame(data: bytes) -> Message | RemovedNotice:
+    """Parse one peer frame; raises FrameError for anything but a well-formed one."""
     obj = unpack(data, MAX_FRAME_BYTES)
     if type(obj) is not list or not obj:
         raise FrameError("message is not a non-empty array")
     check_version(obj[0], WIRE_VERSION)
+    if len(obj) > 1 and obj[1] == REMOVED_NOTICE and type(obj[1]) is int:
+        return _decode_notice(obj)
+    return _decode_message(obj)
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse one Raft message; raises FrameError for anything else."""
+    frame = decode_frame(data)
+    if not isinstance(frame, Message):
+        raise FrameError("a removed notice, not a Raft message")
+    return frame
+
+
+def _decode_notice(obj: list[Any]) -> RemovedNotice:
+    if len(obj) != _NOTICE_FIELDS:
+        raise FrameError(f"removed notice has {len(obj)} fields, expected {_NOTICE_FIELDS}")
+    _, _, to, frm, index = obj
+    if any(type(v) is not int or v <= 0 for v in (to, frm, index)):
+        raise FrameError("removed notice fields must be positive integers")
+    return RemovedNotice(to, frm, index)
+
+
+def _decode_message(obj: list[Any]) -> Message:
     if len(obj) != _MESSAGE_FIELDS:
         raise FrameError(f"message has {len(obj)} fields, expected {_MESSAGE_FIELDS}")
     (

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 import zmq
 
 from raftkv.sockets import readable
-from raftkvd.net.peerwire import MAX_FRAME_BYTES, FrameError, decode_message, encode_message
+from raftkvd.net.peerwire import (
+    MAX_FRAME_BYTES,
+    FrameError,
+    RemovedNotice,
+    decode_frame,
+    encode_message,
+    encode_notice,
+)
 from raftkvd.raft.messages import Message
 
 log = logging.getLogger(__name__)
@@ -138,30 +145,38 @@ class Transport:
 
     def send(self, msg: Message) -> bool:
         """Queue `msg` for its receiver without blocking; False when it was dropped."""
-        dealer = self._dealers.get(msg.to)
+        return self._send(msg.to, encode_message(msg))
+
+    def tell_removed(self, to: int, index: int) -> bool:
+        """Tell `to` that the entry at `index` removed it (over its own connection: a removed
+        node has no link here)."""
+        return self._send(to, encode_notice(RemovedNotice(to, self.node_id, index)))
+
+    def _send(self, to: int, payload: bytes) -> bool:
+        dealer = self._dealers.get(to)
         if dealer is None:
-            return self._send_back(msg)
-        stats = self._stats[msg.to]
+            return self._send_back(to, payload)
+        stats = self._stats[to]
         try:
-            dealer.send(encode_message(msg), zmq.NOBLOCK)
+            dealer.send(payload, zmq.NOBLOCK)
         except zmq.Again:
             stats.send_failures += 1
             return False
         stats.sent += 1
         return True
 
-    def _send_back(self, msg: Message) -> bool:
-        """No link to `msg.to`: answer over the connection it reached us on, if it did."""
+    def _send_back(self, to: int, payload: bytes) -> bool:
+        """No link to `to`: answer over the connection it reached us on, if it did."""
         try:
-            self._router.send_multipart([str(msg.to).encode(), encode_message(msg)], zmq.NOBLOCK)
+            self._router.send_multipart([str(to).encode(), payload], zmq.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH: not connected to us; EAGAIN: its queue is full
             self.unroutable_total += 1
             return False
         return True
 
-    def recv_all(self, max_n: int) -> list[Message]:
-        """Up to `max_n` waiting messages, without blocking; bad frames are dropped."""
-        received: list[Message] = []
+    def recv_all(self, max_n: int) -> list[Message | RemovedNotice]:
+        """Up to `max_n` waiting frames, without blocking; bad frames are dropped."""
+        received: list[Message | RemovedNotice] = []
         while len(received) < max_n and readable(self._router):
             msg = self._accept(self._router.recv_multipart(zmq.NOBLOCK))
             if msg is not None:
@@ -173,21 +188,21 @@ class Transport:
                     received.append(msg)
         return received
 
-    def _accept(self, frames: list[bytes]) -> Message | None:
+    def _accept(self, frames: list[bytes]) -> Message | RemovedNotice | None:
         """The message in `frames` if it is well-formed and really meant for us.
 
         The ROUTER's identity frame is the sender's DEALER identity, so a peer
         cannot speak in another node's name (CurveZMQ, SPEC §8, will bind that identity
         to a member's key). Senders without a link are members added while we were
-        away, or removed ones: the core judges what they say (PreVote and CheckQuorum
-        keep a removed node from disrupting anyone).
+        away, or removed ones: the replica judges what they say (it tells a removed one
+        so; PreVote and CheckQuorum keep it from disrupting anyone meanwhile).
         """
         if len(frames) != 2:
             self._reject_malformed(f"expected [identity, payload], got {len(frames)} frames")
             return None
         identity, payload = frames
         try:
-            msg = decode_message(payload)
+            msg = decode_frame(payload)
         except FrameError as exc:
             self._reject_malformed(str(exc))
             return None

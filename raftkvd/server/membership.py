@@ -49,12 +49,14 @@ class Membership:
         self.founders = founders
         self.redirect = redirect
         self.addresses: Addresses = {}
+        self.member_ids: frozenset[int] = frozenset()
+        """The conf's voters and learners as of the last refresh (a set lookup per message)."""
         self.refresh()
 
     # ---- the view --------------------------------------------------------------------------
     @property
     def conf(self) -> ConfState:
-        return self.core.status().conf
+        return self.core.conf
 
     def ids(self) -> frozenset[int]:
         """Current members (voters and learners); the file's nodes while we know none."""
@@ -76,6 +78,7 @@ class Membership:
     def refresh(self) -> None:
         """Re-read the addresses and bring the peer links in line with the membership."""
         self.addresses = {**self.founders, **self.sm.members()}
+        self.member_ids = self.conf.ids()
         wanted = {i: self.addresses[i]["raft"] for i in self.ids()
                   if i != self.core.id and "raft" in self.addresses.get(i, {})}
         current = self.transport.peers

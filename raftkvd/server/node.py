@@ -52,6 +52,8 @@ PUBLISH_INTERVAL_S = 0.1
 """How often the loop hands a fresh status Snapshot to the metrics collector (/metrics gauges)."""
 HANDOFF_TIMEOUT_S = 2.0
 """How long a stopping leader waits for another voter to take over before it exits anyway."""
+REMOVED_GRACE_S = 0.5
+"""How long a removed node runs on: its last answers (a leader's to its own removal) leave."""
 T = TypeVar("T")
 
 
@@ -131,6 +133,7 @@ class Node:
         self._stopping = False
         self._reload_requested = False
         self._handoff_deadline: float | None = None
+        self._removed_deadline: float | None = None
         self._next_publish = 0.0
 
     # ==== the loop ===============================================================================
@@ -159,7 +162,7 @@ class Node:
             # less often, and never rescan what startup left behind.
             gc.freeze()
             gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-            while not (self._stopping and self._may_stop()):
+            while not self._may_exit():
                 poller.poll(max(0.0, (next_tick - time.monotonic()) * 1000))
                 if self._reload_requested:
                     self._reload()
@@ -199,6 +202,16 @@ class Node:
         logging.getLogger().setLevel(settings.log_level)
         self.client.max_value_bytes = settings.cluster.max_value_bytes
         self.http.reload(control.Reload(settings.cluster.max_value_bytes, settings.log_level))
+
+    def _may_exit(self) -> bool:
+        """A removed node exits (0, so that its supervisor leaves it down) after a grace;
+        otherwise the loop runs until a stop is requested and may be done."""
+        if self.replica.removal.removed:
+            now = time.monotonic()
+            if self._removed_deadline is None:
+                self._removed_deadline = now + REMOVED_GRACE_S
+            return now >= self._removed_deadline
+        return self._stopping and self._may_stop()
 
     def _may_stop(self) -> bool:
         """Asked once a stop was requested: a leader first hands leadership over (SPEC §3,

@@ -17,12 +17,14 @@ from raftkv.protocol import WRITE_OPS, Code, Op
 from ..kv.commands import Command
 from ..metrics import NodeMetrics
 from ..net.clientendpoint import Request
+from ..net.peerwire import RemovedNotice
 from ..raft import RaftConfig, RaftNode
 from ..raft.messages import NONE, Entry, Message, ReadState, StateRole
 from . import status
 from .driver import COMPACTION_KEEP, MAX_READIES_PER_TURN, Compaction, Driver
 from .membership import Addresses, Membership
 from .reads import Reads
+from .removal import Removal
 from .seams import Clock, LogStore, PeerTransport, Replies, Result, StateMachine, Store
 from .tracing import Traces
 from .transfer import Transfers
@@ -59,6 +61,7 @@ class Replica:
                                    self.redirect)
         self.membership = Membership(self.core, sm, transport, self.writes, replies, founders,
                                      self.redirect)
+        self.removal = Removal(self.id, sm, transport, self.membership, clock)
         self.leader_changes = 0
         """New leaders seen since start (etcd's leader_changes_seen: not passes through none)."""
         self._space_checked = False
@@ -68,8 +71,11 @@ class Replica:
         self._caught_up = False
 
     # ---- inputs --------------------------------------------------------------------------------
-    def step(self, msg: Message) -> None:
-        self.driver.step(msg)
+    def step(self, msg: Message | RemovedNotice) -> None:
+        if type(msg) is RemovedNotice:
+            self.removal.notified(msg)
+        elif self.removal.admit(msg):
+            self.driver.step(msg)
 
     def tick(self) -> None:
         self.core.tick()
@@ -167,6 +173,7 @@ class Replica:
     def advanced(self, membership_changed: bool) -> None:
         if membership_changed:
             self.membership.refresh()
+            self.removal.membership_changed()
         self.reads.serve_ready()
 
     # ---- status ---------------------------------------------------------------------------------

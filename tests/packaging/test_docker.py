@@ -121,7 +121,7 @@ def test_the_compose_services_are_the_nodes_of_the_docker_cluster_file(repo: Pat
         service = services[name]
         assert host_of(node["client"]) == host_of(node["http"]) == service["hostname"] == name
         assert service["environment"]["RAFTKVD_ID"] == str(node["id"])
-        assert service["build"] == "." and service["restart"] == "unless-stopped"
+        assert service["build"] == "." and service["restart"] == "on-failure"
         published = {tuple(map(int, p.split(":"))) for p in service["ports"]}
         wanted = {port_of(node[key]) for key in ("raft", "client", "http")}
         assert published == {(port, port) for port in wanted}, name

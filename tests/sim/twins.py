@@ -195,13 +195,16 @@ class KVState:
     sessions: dict[str, tuple[int, Result]] = field(default_factory=dict)
     """session -> (last seq, its result)"""
     members: dict[int, dict[str, str]] = field(default_factory=dict)
+    removed: dict[int, int] = field(default_factory=dict)
+    """removed member -> index of its removal (until it is added again)"""
     revision: int = 0
     applied: int = 0
     applied_term: int = 0
     conf: ConfState = ConfState()
 
     def copy(self) -> KVState:
-        return replace(self, kv=dict(self.kv), sessions=dict(self.sessions), members=dict(self.members))
+        return replace(self, kv=dict(self.kv), sessions=dict(self.sessions), members=dict(self.members),
+                       removed=dict(self.removed))
 
     def digest(self) -> str:
         """Equal on replicas that applied the same entries (what the checker compares)."""
@@ -262,6 +265,9 @@ class MemoryKV:
     def members(self) -> dict[int, dict[str, str]]:
         return dict(self.state.members)
 
+    def removed_at(self, node_id: int) -> int | None:
+        return self.state.removed.get(node_id)
+
     def get(self, key: str) -> tuple[str, int] | None:
         return self.state.kv.get(key)
 
@@ -286,8 +292,10 @@ class MemoryKV:
         if entry.type == EntryType.CONF_CHANGE:
             change = ConfChange.decode(entry.data)
             state.conf = apply_conf_change(state.conf, change)
+            state.removed.pop(change.node_id, None)
             if change.type == ConfChangeType.REMOVE_NODE:
                 state.members.pop(change.node_id, None)
+                state.removed[change.node_id] = entry.index
             elif change.context:
                 state.members[change.node_id] = msgpack.unpackb(change.context)
             return {"code": Code.OK.value}
@@ -328,7 +336,7 @@ def encode_image(state: KVState) -> bytes:
         "kv": state.kv, "sessions": state.sessions, "revision": state.revision,
         "members": {str(k): v for k, v in state.members.items()}, "applied": state.applied,
         "applied_term": state.applied_term, "voters": sorted(state.conf.voters),
-        "learners": sorted(state.conf.learners),
+        "learners": sorted(state.conf.learners), "removed": state.removed,
     })
 
 
@@ -337,7 +345,7 @@ def decode_image(data: bytes) -> KVState:
     return KVState(
         kv={k: tuple(v) for k, v in image["kv"].items()},
         sessions={k: (v[0], v[1]) for k, v in image["sessions"].items()},
-        members={int(k): v for k, v in image["members"].items()},
+        members={int(k): v for k, v in image["members"].items()}, removed=image["removed"],
         revision=image["revision"], applied=image["applied"], applied_term=image["applied_term"],
         conf=ConfState(frozenset(image["voters"]), frozenset(image["learners"])),
     )
@@ -353,12 +361,19 @@ class CollectingTransport:
         self._linked_back = linked_back
         self._peers: dict[int, str] = {}
         self.unroutable = 0
+        self.told_removed: list[tuple[int, int]] = []
+        """(node, index) of each RemovedNotice; the simulator's operator stops removed nodes
+        itself (cluster._decommission), so no notice needs delivering."""
 
     def send(self, msg: Message) -> bool:
         if msg.to not in self._peers and not self._linked_back(msg.to):
             self.unroutable += 1
             return False
         self._deliver(msg)
+        return True
+
+    def tell_removed(self, to: int, index: int) -> bool:
+        self.told_removed.append((to, index))
         return True
 
     @property

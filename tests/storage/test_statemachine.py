@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from raftkvd.errors import InvalidRequest, NoSpaceError, StorageCorruptError
-from raftkvd.kv.statemachine import KVStateMachine
+from raftkvd.kv.statemachine import MAX_REMOVED, KVStateMachine
 from raftkvd.raft.messages import ConfChange, ConfChangeType, ConfState, Entry, EntryType
 from raftkvd.storage.lmdbenv import LmdbEnv
 
@@ -306,6 +306,35 @@ def test_conf_change_apply_persists_membership_and_addresses(
     assert sm.conf_state() == ConfState(frozenset({2, 3, 4}))
     assert sm.members() == {4: addresses}
     assert sm.applied_index() == 3
+
+
+def test_a_removal_is_remembered_across_reopen_and_snapshot_until_the_id_is_added_again(
+    open_env: Callable[..., LmdbEnv], log: Log, tmp_path: Path
+) -> None:
+    """What lets members tell a stale removed node the entry that removed it (server/removal.py)."""
+    env = open_env()
+    sm = KVStateMachine(env)
+    sm.bootstrap(ConfState(frozenset({1, 2, 3})), {})
+    sm.apply([log.put("a", "1"), log.conf(ConfChangeType.REMOVE_NODE, 3)])
+    assert (sm.removed_at(3), sm.removed_at(2)) == (2, None)
+    env.close()
+    sm = KVStateMachine(open_env())
+    assert sm.removed_at(3) == 2
+    image = sm.dump()
+    other_env = LmdbEnv(tmp_path / "other")
+    other = KVStateMachine(other_env)
+    other.restore(image)
+    assert other.removed_at(3) == 2
+    other_env.close()
+    sm.apply([log.conf(ConfChangeType.ADD_LEARNER, 3, msgpack.packb({"raft": "tcp://c:1"}))])
+    assert sm.removed_at(3) is None
+
+
+def test_only_the_latest_removals_are_remembered(sm: KVStateMachine, log: Log) -> None:
+    sm.bootstrap(ConfState(frozenset({1})), {})
+    sm.apply([log.conf(ConfChangeType.REMOVE_NODE, n) for n in range(100, 100 + MAX_REMOVED + 5)])
+    assert sm.removed_at(100) is None and sm.removed_at(100 + MAX_REMOVED + 4) is not None
+    assert sum(sm.removed_at(n) is not None for n in range(100, 100 + MAX_REMOVED + 5)) == MAX_REMOVED
 
 
 def test_bootstrap_only_seeds_an_empty_state_machine(sm: KVStateMachine, log: Log) -> None:

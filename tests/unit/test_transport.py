@@ -13,7 +13,14 @@ import zmq
 from helpers import free_port
 
 from raftkvd.net import transport as transport_module
-from raftkvd.net.peerwire import MAX_FRAME_BYTES, WIRE_VERSION, decode_message, encode_message
+from raftkvd.net.peerwire import (
+    MAX_FRAME_BYTES,
+    WIRE_VERSION,
+    RemovedNotice,
+    decode_message,
+    encode_message,
+    encode_notice,
+)
 from raftkvd.net.transport import Transport
 from raftkvd.raft.messages import Entry, Message, MessageType
 
@@ -319,3 +326,29 @@ def test_bad_frame_logging_is_rate_limited(
     assert "event=malformed_frame" in lines[0] and "suppressed=0" in lines[0]
     assert "suppressed=49" in lines[1]
     junk.close()
+
+
+def test_a_removed_node_is_told_over_its_own_connection_and_the_notice_decodes(
+    ctx: zmq.Context, make_transport
+) -> None:
+    """We removed node 3 and dropped our link to it; its messages still reach our ROUTER, and
+    the notice goes back over that connection, where its transport decodes it."""
+    b = make_transport(2, {})
+    removed = make_transport(3, {2: b.endpoint})
+    assert send_until_delivered(removed, b, heartbeat(3, 2)).frm == 3
+    assert b.tell_removed(3, 42)
+    got: list = []
+    deadline = time.monotonic() + DEADLINE_S
+    while not got and time.monotonic() < deadline:
+        got = removed.recv_all(1)
+        time.sleep(0.01)
+    assert got == [RemovedNotice(to=3, frm=2, index=42)]
+
+
+def test_a_notice_in_another_nodes_name_is_dropped(ctx: zmq.Context, make_transport) -> None:
+    b = make_transport(2, {})
+    liar = raw_dealer(ctx, b"1", b.endpoint)
+    liar.send(encode_notice(RemovedNotice(to=2, frm=3, index=7)))
+    assert receive_while(b, lambda: b.misrouted_total == 0) == []
+    assert b.misrouted_total == 1
+    liar.close()

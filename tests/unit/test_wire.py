@@ -13,9 +13,13 @@ from msgpack_strategies import msgpack_scalars, msgpack_values
 from raftkv.frames import FrameError
 from raftkvd.net.peerwire import (
     MAX_FRAME_BYTES,
+    REMOVED_NOTICE,
     WIRE_VERSION,
+    RemovedNotice,
+    decode_frame,
     decode_message,
     encode_message,
+    encode_notice,
 )
 from raftkvd.raft.messages import (
     ConfState,
@@ -380,3 +384,25 @@ def test_one_wrong_field_in_a_valid_frame_decodes_or_raises_wire_error(
     fields = wire_fields(msg)
     fields[data.draw(st.integers(0, len(fields) - 1))] = data.draw(msgpack_values)
     decodes_or_rejects(msgpack.packb(fields))
+
+
+def test_a_removed_notice_round_trips_and_is_no_raft_message() -> None:
+    notice = RemovedNotice(to=3, frm=1, index=12345)
+    assert decode_frame(encode_notice(notice)) == notice
+    assert isinstance(decode_frame(encode_message(sample_message())), Message)
+    with pytest.raises(FrameError, match="not a Raft message"):
+        decode_message(encode_notice(notice))
+
+
+@pytest.mark.parametrize("fields", [
+    [WIRE_VERSION, REMOVED_NOTICE, 3, 1],
+    [WIRE_VERSION, REMOVED_NOTICE, 3, 1, 5, 6],
+    [WIRE_VERSION, REMOVED_NOTICE, 0, 1, 5],
+    [WIRE_VERSION, REMOVED_NOTICE, 3, -1, 5],
+    [WIRE_VERSION, REMOVED_NOTICE, 3, 1, "5"],
+    [WIRE_VERSION, REMOVED_NOTICE, 3, 1, True],
+    [WIRE_VERSION + 1, REMOVED_NOTICE, 3, 1, 5],
+])
+def test_a_malformed_removed_notice_raises_frame_error(fields: list[Any]) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(msgpack.packb(fields))
