@@ -9,6 +9,12 @@ writes are answered inside that transaction, before its fsync: they are durable 
 majority already, and a crash before the commit re-applies them identically. A transaction
 that only applies committed entries skips the final meta-page flush (`needs_durability`):
 a crash can at worst undo it, and the log redoes it.
+
+A follower whose Ready both appends and commits writes twice instead: its new entries and
+hard state first, then its acknowledgement leaves, then it applies (API.md's order). Its ack
+then waits for one small write, not for the apply too, and more often reaches the leader
+before the leader's own write of the same entries is done, so the leader commits them a loop
+turn sooner (docs/perf.md). Leaders keep the single transaction: their applies answer clients.
 """
 
 from __future__ import annotations
@@ -125,11 +131,17 @@ class Driver:
         if traced:
             self._stamp_start(rd)
         self._send_all(rd.messages)
-        if rd.must_sync() or rd.committed_entries:
-            self._persist_and_apply(rd)
-        if traced and rd.entries:
-            self.traces.reached("leader_persisted", rd.entries[-1].index)
-        self._send_all(rd.persisted_messages)
+        durable = needs_durability(rd, self._durable_term_vote)
+        if durable and rd.committed_entries and self.core.role != StateRole.LEADER:
+            self._persist_and_apply(rd, durable=True, apply=False)
+            self._send_all(rd.persisted_messages)
+            self._persist_and_apply(rd, durable=False, persist=False)
+        else:
+            if rd.must_sync() or rd.committed_entries:
+                self._persist_and_apply(rd, durable)
+            if traced and rd.entries:
+                self.traces.reached("leader_persisted", rd.entries[-1].index)
+            self._send_all(rd.persisted_messages)
         if rd.hard_state is not None and rd.hard_state.commit > self._seen_commit:
             self.metrics.proposals_committed.inc(rd.hard_state.commit - self._seen_commit)
             self._seen_commit = rd.hard_state.commit
@@ -155,14 +167,17 @@ class Driver:
             if not self.transport.send(msg):
                 self.core.report_unreachable(msg.to)  # stop streaming into a full or dead link
 
-    def _persist_and_apply(self, rd: Ready) -> None:
+    def _persist_and_apply(self, rd: Ready, durable: bool, persist: bool = True,
+                           apply: bool = True) -> None:
+        """One write transaction with what the Ready persists, what it applies, or both."""
         started = time.perf_counter()
         try:
-            with self.store.write(durable=needs_durability(rd, self._durable_term_vote)) as batch:
-                self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
-                if rd.snapshot is not None:
-                    self.sm.restore(rd.snapshot.data, batch=batch)
-                if rd.committed_entries:
+            with self.store.write(durable=durable) as batch:
+                if persist:
+                    self.logstore.save(rd.hard_state, rd.entries, rd.snapshot, batch=batch)
+                    if rd.snapshot is not None:
+                        self.sm.restore(rd.snapshot.data, batch=batch)
+                if apply and rd.committed_entries:
                     apply_started = time.perf_counter()
                     results = self.sm.apply(rd.committed_entries, batch=batch)
                     self.metrics.apply_txn.observe(time.perf_counter() - apply_started)
@@ -173,9 +188,10 @@ class Driver:
             # (the supervisor restarts us) rather than run with memory ahead of disk.
             log.critical("node=%d event=storage_full action=stopping", self.core.id)
             raise
-        if rd.hard_state is not None:
-            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
-        self.metrics.log_fsync.observe(time.perf_counter() - started)
+        if persist:
+            if rd.hard_state is not None:
+                self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+            self.metrics.log_fsync.observe(time.perf_counter() - started)
 
     def _maybe_compact(self, applied: list[Entry], batch: Batch) -> None:
         if self.compaction is not None:
