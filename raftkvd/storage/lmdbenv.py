@@ -12,6 +12,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import NoSpaceError, StorageCorruptError, StorageError
+from .prealloc import Preallocator
 
 DEFAULT_MAP_SIZE = 1 << 30
 
@@ -64,7 +65,9 @@ class LmdbEnv:
     writes the meta page lazily (metasync off), which LMDB guarantees keeps the file intact:
     an OS crash can at worst undo the newest commits. A durable write (the default) then
     flushes the meta page too, so it survives any crash. Only work that can be redone from
-    durable state, such as applying committed entries, may skip that second flush."""
+    durable state, such as applying committed entries, may skip that second flush. The file
+    keeps zeroed room ahead of the used pages (prealloc.py), so commits overwrite blocks the
+    file has rather than grow it."""
 
     def __init__(self, path: str | Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
         with translate_errors():
@@ -79,6 +82,8 @@ class LmdbEnv:
                 map_async=False,
             )
             self._dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+            self._page_size = self.env.stat()["psize"]
+            self._room = Preallocator(Path(path) / "data.mdb")
 
     def db(self, name: str) -> lmdb._Database:
         return self._dbs[name]
@@ -92,6 +97,7 @@ class LmdbEnv:
             batch = Batch(self.env.begin(write=True))
             try:
                 yield batch
+                self._room.ensure_room(self.used_bytes())
                 batch.txn.commit()
             except BaseException:
                 batch.txn.abort()
@@ -124,7 +130,7 @@ class LmdbEnv:
 
     def used_bytes(self) -> int:
         """High-water mark of the file: how much of the map has ever been handed out."""
-        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        return (self.env.info()["last_pgno"] + 1) * self._page_size
 
     @property
     def map_size(self) -> int:
@@ -132,6 +138,7 @@ class LmdbEnv:
 
     def close(self) -> None:
         self.env.close()
+        self._room.close()
 
     def __enter__(self) -> LmdbEnv:
         return self
