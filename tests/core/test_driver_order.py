@@ -1,6 +1,7 @@
 """The order in which the driver turns a Ready into I/O (raftkvd/server/driver.py, API.md):
-a follower acknowledges new entries as soon as they are durable, before it applies what the
-same Ready committed; a leader writes and applies in one transaction."""
+a follower acknowledges new entries as soon as they are durable, before a long apply of what
+the same Ready committed (a short one rides in the same transaction); a leader writes and
+applies in one transaction."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from raftkvd.raft.messages import Entry, EntryType, Message
+from raftkvd.server.driver import SPLIT_APPLY_AT
 
 from .raftnet import MT, Driven, Net, make_node
 
@@ -61,22 +63,38 @@ def _entries(first: int, last: int, term: int = 1) -> tuple[Entry, ...]:
     return tuple(Entry(i, term, EntryType.NORMAL, b"put %d" % i) for i in range(first, last + 1))
 
 
-def test_a_follower_acknowledges_before_it_applies() -> None:
+def _follower_events(committed: int) -> tuple[list[str], Driven]:
+    """A follower that holds entries 1..committed gets two more with the news that those are
+    committed: one Ready appends and commits; what the driver did with it, in order."""
     follower = Driven(*make_node(2))
     recorder = _Recorder(follower)
-    follower.node.step(Message(MT.APPEND, to=2, frm=1, term=1, entries=_entries(1, 2)))
+    follower.node.step(Message(MT.APPEND, to=2, frm=1, term=1, entries=_entries(1, committed)))
     follower.handle()
     recorder.events.clear()
-    # Entries 3-4 arrive with the news that 1-2 are committed: one Ready holds both.
-    follower.node.step(Message(MT.APPEND, to=2, frm=1, term=1, index=2, log_term=1,
-                               entries=_entries(3, 4), commit=2))
+    follower.node.step(Message(MT.APPEND, to=2, frm=1, term=1, index=committed, log_term=1,
+                               entries=_entries(committed + 1, committed + 2), commit=committed))
     follower.handle()
-    assert recorder.events == [
+    return recorder.events, follower
+
+
+def test_a_follower_acknowledges_before_a_long_apply() -> None:
+    n = SPLIT_APPLY_AT
+    events, follower = _follower_events(n)
+    assert events == [
         "save 2 entries", "durable commit",
-        "send APPEND_RESP index=4",
-        "apply [1, 2]", "commit",
+        f"send APPEND_RESP index={n + 2}",
+        f"apply {list(range(1, n + 1))}", "commit",
     ]
-    assert [e.index for e in follower.applied] == [1, 2]
+    assert [e.index for e in follower.applied] == list(range(1, n + 1))
+
+
+def test_a_short_apply_rides_with_the_entries() -> None:
+    events, follower = _follower_events(SPLIT_APPLY_AT - 1)
+    n = SPLIT_APPLY_AT - 1
+    assert events == [
+        "save 2 entries", f"apply {list(range(1, n + 1))}", "durable commit",
+        f"send APPEND_RESP index={n + 2}",
+    ]
 
 
 def test_a_leader_writes_and_applies_in_one_durable_transaction() -> None:
