@@ -77,6 +77,10 @@ class _Meta:
         self.removed = kept[-MAX_REMOVED:]
 
 
+_PUT, _DELETE = Op.PUT.value, Op.DELETE.value
+"""Plain strings, compared once per applied entry (an enum's `.value` costs a call)."""
+
+
 def _unpack(data: bytes) -> Any:
     """Decode msgpack from a log entry; None if malformed (bad input must not stop apply)."""
     try:
@@ -315,12 +319,13 @@ class KVStateMachine:
         cmd = commands.decode(entry.data)
         if cmd is None:
             return _invalid("malformed command")
-        prior = self._session(txn, cmd.session) if cmd.tracked else None
+        tracked = cmd.tracked
+        prior = self._session(txn, cmd.session) if tracked else None
         if prior is not None and cmd.seq <= prior[0]:
             return prior[1] if cmd.seq == prior[0] else _invalid("stale request")
         error = cmd.error()
         result = _invalid(error) if error else self._execute(txn, meta, cmd)
-        if cmd.tracked:
+        if tracked:
             self._remember(txn, meta, cmd.session, [cmd.seq, result, entry.index], prior)
         return result
 
@@ -328,9 +333,9 @@ class KVStateMachine:
         key = cmd.key.encode()
         raw = txn.get(key, db=self._kv)
         row = msgpack.unpackb(raw) if raw is not None else None
-        if cmd.op == Op.PUT:
+        if cmd.op == _PUT:
             return self._put(txn, meta, key, cmd.value, row)
-        if cmd.op == Op.DELETE:
+        if cmd.op == _DELETE:
             return self._delete(txn, meta, key, row)
         current = row[0] if row is not None else None
         if current != cmd.expected:

@@ -175,11 +175,13 @@ def test_malformed_commands_are_answered_invalid_without_stopping_apply(sm: KVSt
             log.put("x" * 512, "v"),
             log.cmd("cas", "k", expected=3, value="v"),
             log.entry(b"{", EntryType.CONF_CHANGE),
+            log.entry(msgpack.packb({"op": ["put"], "key": "k", "value": "v"})),  # unhashable op
+            log.entry(msgpack.packb({"op": 7, "key": "k", "value": "v"})),
             log.put("k", "fine"),
         ]
     )
-    assert [r["code"] for r in results] == ["invalid"] * 8 + ["ok"]
-    assert (sm.applied_index(), sm.key_count()) == (9, 1)
+    assert [r["code"] for r in results] == ["invalid"] * 10 + ["ok"]
+    assert (sm.applied_index(), sm.key_count()) == (11, 1)
 
 
 def test_an_invalid_command_is_remembered_for_its_session(sm: KVStateMachine, log: Log) -> None:
