@@ -20,9 +20,6 @@ import msgpack
 from raftkv.protocol import MAX_KEY_BYTES, WRITE_OPS, Op
 
 FIELDS = ("op", "key", "value", "expected", "session", "seq")
-_WRITE_OPS = frozenset(op.value for op in WRITE_OPS)
-_DELETE, _CAS = Op.DELETE.value, Op.CAS.value
-"""Plain strings: every replica checks every entry, and an enum's `.value` costs a call."""
 
 
 class Command(NamedTuple):
@@ -54,13 +51,17 @@ class Command(NamedTuple):
         """Why this command cannot be applied, or None. The leader checked the request
         already; this is the backstop every replica runs."""
         op = self.op
-        if type(op) is not str or op not in _WRITE_OPS:
+        if type(op) is not str or op not in WRITE_OPS:  # an unhashable op must not raise
             return f"unknown op {op!r}"
-        if op != _DELETE and not isinstance(self.value, str):
+        if op != Op.DELETE and not isinstance(self.value, str):  # Op is a StrEnum: no .value
             return "value must be a string"
-        if op == _CAS and not isinstance(self.expected, str | None):
+        if op == Op.CAS and not isinstance(self.expected, str | None):
             return "expected must be a string or null"
         return key_error(self.key)
+
+
+_new_command = tuple.__new__
+"""Builds a Command without NamedTuple's Python-level __new__ (decode runs once per entry)."""
 
 
 def decode(data: bytes) -> Command | None:
@@ -74,10 +75,6 @@ def decode(data: bytes) -> Command | None:
     get = obj.get
     return _new_command(Command, (get("op"), get("key"), get("value"), get("expected"),
                                   get("session"), get("seq")))
-
-
-_new_command = tuple.__new__
-"""Builds a Command without NamedTuple's Python-level __new__ (decode runs once per entry)."""
 
 
 def key_error(key: Any) -> str | None:

@@ -77,10 +77,6 @@ class _Meta:
         self.removed = kept[-MAX_REMOVED:]
 
 
-_PUT, _DELETE = Op.PUT.value, Op.DELETE.value
-"""Plain strings, compared once per applied entry (an enum's `.value` costs a call)."""
-
-
 def _unpack(data: bytes) -> Any:
     """Decode msgpack from a log entry; None if malformed (bad input must not stop apply)."""
     try:
@@ -333,9 +329,9 @@ class KVStateMachine:
         key = cmd.key.encode()
         raw = txn.get(key, db=self._kv)
         row = msgpack.unpackb(raw) if raw is not None else None
-        if cmd.op == _PUT:
+        if cmd.op == Op.PUT:
             return self._put(txn, meta, key, cmd.value, row)
-        if cmd.op == _DELETE:
+        if cmd.op == Op.DELETE:
             return self._delete(txn, meta, key, row)
         current = row[0] if row is not None else None
         if current != cmd.expected:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shutil
 import statistics
 import struct
 import tempfile
@@ -44,6 +45,9 @@ def writer(path: str, commits: int, entries: int, prealloc: bool, out: multiproc
         env.sync(True)
         commit_s.append(committed - started)
         sync_s.append(time.perf_counter() - committed)
+    if room is not None:
+        room.close()
+    env.close()
     out.put((round(1000 * statistics.median(commit_s), 3), round(1000 * statistics.median(sync_s), 3)))
 
 
@@ -54,12 +58,20 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=60)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="raftkv-commit-"))
+    try:
+        measure(root, args.commits, args.entries)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(root: Path, commits: int, entries: int) -> None:
+    """Alternating without and with room, so that a drift of the disk's speed shows."""
     for prealloc in (False, True, False, True):
         for writers in (1, 3):
             out: multiprocessing.Queue = multiprocessing.Queue()
             procs = [multiprocessing.Process(target=writer, args=(
-                str(root / f"{prealloc}-{writers}-{n}-{time.monotonic_ns()}"), args.commits,
-                args.entries, prealloc, out)) for n in range(writers)]
+                str(root / f"{prealloc}-{writers}-{n}-{time.monotonic_ns()}"), commits, entries,
+                prealloc, out)) for n in range(writers)]
             for proc in procs:
                 proc.start()
             for proc in procs:
