@@ -58,6 +58,7 @@ CLUSTER_KEYS = frozenset(
         "max_value_bytes",
         "map_size_mb",
         "snapshot_threshold",
+        "read_lease",
         "log_level",
     }
 )
@@ -101,6 +102,9 @@ class ClusterSettings:
     map_size_bytes: int = DEFAULT_MAP_SIZE_MB * MIB
     snapshot_threshold: int = DEFAULT_SNAPSHOT_THRESHOLD
     """Applied entries between automatic log compactions."""
+    read_lease: bool = True
+    """Leaders answer linearizable reads within a lease (raftkvd/server/reads.py) instead of
+    a ReadIndex round each; false where clocks may stop unseen (a host that suspends)."""
     log_level: str | None = None
     """The file's `log_level`, upper case; None when the file has none. Flags and the
     environment override it: Settings.log_level is the level a node runs with."""
@@ -290,6 +294,7 @@ def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
         snapshot_threshold=_positive_int(
             section, "snapshot_threshold", DEFAULT_SNAPSHOT_THRESHOLD, "cluster."
         ),
+        read_lease=_bool(section, "read_lease", True, "cluster."),
         log_level=None if log_level is None else _checked_level(log_level, "cluster.log_level"),
     )
 
@@ -311,6 +316,13 @@ def _positive_int(table: dict[str, Any], key: str, default: int, prefix: str) ->
     value = table.get(key, default)
     if not _is_int(value) or value <= 0:
         raise SettingsError(f"{prefix}{key}", f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _bool(table: dict[str, Any], key: str, default: bool, prefix: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise SettingsError(f"{prefix}{key}", f"expected true or false, got {value!r}")
     return value
 
 

@@ -122,6 +122,11 @@ class RaftNode:
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self.become_follower(self.term, NONE)
+        self._fresh = self.term > 0
+        """Restarted: for one election timeout, vote as if a leader were still heard from.
+        Before the crash this node may have been in a leader's lease, which leader-lease reads
+        count on (thesis §6.4.1); a restart must not let it vote that lease away sooner. (At
+        term 0 it never heard from a leader.)"""
 
     # ==== public driving API =============================================================
     def tick(self) -> None:
@@ -272,7 +277,7 @@ class RaftNode:
         """CheckQuorum lease (thesis §4.2.3): a follower that heard from a leader recently ignores votes."""
         return (
             self.cfg.check_quorum
-            and self.leader_id != NONE
+            and (self.leader_id != NONE or self._fresh)
             and self.election_elapsed < self.cfg.election_tick
         )
 
@@ -284,6 +289,7 @@ class RaftNode:
         self.leader_id = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self._fresh = False
         self.randomized_election_timeout = self.rng.randrange(
             self.cfg.election_tick, self.cfg.randomized_election_max
         )
@@ -347,6 +353,8 @@ class RaftNode:
     # ==== ticks ============================================================================
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick:
+            self._fresh = False
         if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self.campaign()

@@ -126,7 +126,8 @@ class Node:
             logstore=LogStore(self.env, self.sm), sm=self.sm, transport=self.transport,
             replies=self.client, clock=time.monotonic, metrics=self.metrics,
             founders=settings.cluster.addresses(), snapshot_threshold=settings.cluster.snapshot_threshold,
-            silent_after_s=2 * high / 1000, reads=reads)
+            silent_after_s=2 * high / 1000, reads=reads, tick_s=TICK_MS / 1000,
+            read_lease=settings.cluster.read_lease)
         self.background = Background(self.ctx, self.id)
         self.backups = Backups(self.env, self.sm, self.id)
         self.statuses = StatusFetcher(self.ctx)

@@ -43,8 +43,11 @@ class Replica:
                  transport: PeerTransport, replies: Replies, clock: Clock, metrics: NodeMetrics,
                  founders: Addresses, snapshot_threshold: int, silent_after_s: float,
                  compaction_keep: int = COMPACTION_KEEP, readies_per_turn: int = MAX_READIES_PER_TURN,
-                 rng: random.Random | None = None, reads: type[Reads] = Reads) -> None:
-        """`reads`: the read path; tests pass a deliberately broken one to prove a checker."""
+                 rng: random.Random | None = None, reads: type[Reads] = Reads,
+                 tick_s: float, read_lease: bool = True) -> None:
+        """`reads`: the read path; tests pass a deliberately broken one to prove a checker.
+        `tick_s`: seconds per tick of the core (the leader lease is measured in seconds);
+        `read_lease`: whether linearizable reads may be served within a leader lease."""
         self.id = config.id
         self.store = store
         self.sm = sm
@@ -56,7 +59,7 @@ class Replica:
         self.driver = Driver(self.core, store, logstore, sm, transport, self, metrics, clock,
                              Compaction(snapshot_threshold, compaction_keep), traces, readies_per_turn)
         self.writes = Writes(self.core, replies, metrics, traces)
-        self.reads = reads(self.core, sm, replies, self.redirect)
+        self.reads = reads(self.core, sm, replies, self.redirect, clock, tick_s, read_lease)
         self.transfers = Transfers(self.core, replies, clock, self.driver.last_heard, silent_after_s,
                                    self.redirect)
         self.membership = Membership(self.core, sm, transport, self.writes, replies, founders,

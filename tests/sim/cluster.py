@@ -96,6 +96,8 @@ class RaftKnobs:
     compaction_keep: int = 1000
     readies_per_turn: int = 8
     """Readies a replica handles per loop turn: fewer means applying lags committing longer."""
+    read_lease: bool = True
+    """Leaders serve linearizable reads within a lease (raftkvd/server/reads.py)."""
 
 
 def addresses(node_id: int) -> dict[str, str]:
@@ -162,7 +164,8 @@ class SimNode:
             metrics=NodeMetrics(lambda: None), founders=self.founders,
             snapshot_threshold=k.snapshot_threshold, compaction_keep=k.compaction_keep,
             readies_per_turn=k.readies_per_turn,
-            silent_after_s=4 * k.election_tick * TICK_S, rng=self.rng,
+            silent_after_s=4 * k.election_tick * TICK_S, rng=self.rng, tick_s=TICK_S,
+            read_lease=k.read_lease,
         )
 
     # ---- the checker's probe: what the twins tell as their writes commit -----------------------

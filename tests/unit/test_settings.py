@@ -75,13 +75,14 @@ def test_missing_cluster_keys_take_their_defaults(write) -> None:
     assert cluster == ClusterSettings(nodes=cluster.nodes)
     assert cluster.map_size_bytes == 1024 * MIB
     assert cluster.snapshot_threshold == 10_000
+    assert cluster.read_lease is True
 
 
 def test_optional_cluster_keys_are_read(write) -> None:
     doc = three_nodes()
-    doc["cluster"] |= {"map_size_mb": 64, "snapshot_threshold": 500}
+    doc["cluster"] |= {"map_size_mb": 64, "snapshot_threshold": 500, "read_lease": False}
     cluster = load_settings(write(doc), node_id=1, env=NO_ENV).cluster
-    assert (cluster.map_size_bytes, cluster.snapshot_threshold) == (64 * MIB, 500)
+    assert (cluster.map_size_bytes, cluster.snapshot_threshold, cluster.read_lease) == (64 * MIB, 500, False)
 
 
 def test_relative_data_dir_is_relative_to_the_working_directory(write, monkeypatch, tmp_path) -> None:
@@ -126,6 +127,8 @@ BAD_FIELDS = [
     (cluster_key("map_size_mb", 0), "cluster.map_size_mb", "positive"),
     (cluster_key("map_size_mb", 2**40), "cluster.map_size_mb", "at most"),
     (cluster_key("snapshot_threshold", -1), "cluster.snapshot_threshold", "positive"),
+    (cluster_key("read_lease", "yes"), "cluster.read_lease", "true or false"),
+    (cluster_key("read_lease", 1), "cluster.read_lease", "true or false"),
     (cluster_key("heartbeat_intervall_ms", 50), "cluster.heartbeat_intervall_ms", "heartbeat_interval_ms"),
     (node_key(1, "raft", "foo"), "node[2].raft", "tcp://HOST:PORT, got 'foo'"),
     (node_key(1, "raft", "127.0.0.1:50052"), "node[2].raft", "tcp://HOST:PORT"),
