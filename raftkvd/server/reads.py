@@ -66,7 +66,8 @@ class Reads:
         self._lease_until = 0.0
         self._no_lease_term = 0
         """A term in which this node began a leadership transfer: no lease in it any more."""
-        self._renewal: bytes | None = None
+        self._renewing = False
+        """A round without reads is out to renew the lease."""
 
     def handle(self, request: Request) -> None:
         if request.body.get("consistency") == CONSISTENCY_SERIALIZABLE:
@@ -92,12 +93,13 @@ class Reads:
             batch.index = self.core.log.committed
             self.waiting.append(batch)
             self.serve_ready()
-            if self._renewal is None and self._lease_until - now < self.lease_s / 2:
-                self._renewal = self._round(ReadBatch(), now)
+            if not self._renewing and self._lease_until - now < self.lease_s / 2:
+                self._renewing = self._round(ReadBatch(), now)
             return
         self._round(batch, now)
 
-    def _round(self, batch: ReadBatch, now: float) -> bytes | None:
+    def _round(self, batch: ReadBatch, now: float) -> bool:
+        """Start a ReadIndex round for `batch`; False when the core refused it."""
         ctx = f"{self.core.id}:{next(self._ids)}".encode()
         batch.started = now
         try:
@@ -105,17 +107,17 @@ class Reads:
         except ProposalDropped as exc:
             for request in batch.requests:
                 self.replies.respond(request, {"code": Code.UNAVAILABLE.value, "error": str(exc)})
-            return None
+            return False
         self.by_ctx[ctx] = batch
-        return ctx
+        return True
 
     def read_states(self, states: list[ReadState]) -> None:
         for state in states:
             batch = self.by_ctx.pop(state.context, None)
             if batch is None:
                 continue
-            if state.context == self._renewal:
-                self._renewal = None
+            if not batch.requests:  # the renewal round (a later round releases it too)
+                self._renewing = False
             if self.core.term != self._no_lease_term:
                 self._lease_until = max(self._lease_until, batch.started + self.lease_s)
             if batch.requests:
@@ -130,7 +132,7 @@ class Reads:
 
     def _end_lease(self) -> None:
         self._lease_until = 0.0
-        self._renewal = None
+        self._renewing = False
 
     def serve_ready(self) -> None:
         """Serve the batches whose read index the state machine has applied."""

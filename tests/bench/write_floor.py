@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import statistics
 import struct
 import subprocess
@@ -119,8 +120,6 @@ def relay(port: int, target: int) -> None:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
