@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from raftkv.backupfile import BackupError
 from .errors import RaftKVError
 from .localcluster import LocalCluster
 from .settings import LOG_FORMAT, LOG_LEVELS, Settings, SettingsError, load_cluster, load_settings
+from .startchecks import StartCheckError, check_secrets, warn_if_exposed
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -84,6 +86,11 @@ def run(obj: dict[str, Any] | None, config_path: str | None, node_id: int | None
         stream=sys.stderr,
         format=LOG_FORMAT,
     )
+    try:
+        check_secrets(settings)
+    except StartCheckError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    warn_if_exposed(settings)
     try:
         node = make_node(settings)
     except zmq.ZMQError as exc:
@@ -156,6 +163,35 @@ def recover(config_path: str | None, node_id: int | None, data_dir: str | None,
                f"{', '.join(map(str, done.former_members)) or 'none'}): index {done.index}, term "
                f"{done.term}, {done.keys} keys ({done.index - done.applied_before} entries "
                "applied); start it, then add members back with `raftctl member add`")
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+def keygen(directory: Path, names: tuple[str, ...]) -> None:
+    """Make a CurveZMQ key pair per NAME in DIR: NAME.key (public) and NAME.key_secret
+    (secret, mode 0600), in pyzmq's certificate format.
+
+    Nodes are named node<ID> (node 1 uses curve_dir/node1.key_secret); put the public keys
+    of clients (raftctl, scripts) under curve_dir/clients/ and give each client its
+    .key_secret (raftctl --key). Existing files are never overwritten.
+    """
+    from raftkv.curve import KeyFileError
+    from raftkv.curve import keygen as make_pair
+
+    for name in names:
+        if not _KEY_NAME.fullmatch(name):
+            _fail(f"keygen: {name!r} is not a key name (letters, digits, '_', '-', '.'; "
+                  "up to 64)", EXIT_CONFIG)
+    for name in names:
+        try:
+            public, secret = make_pair(directory, name)
+        except (KeyFileError, OSError) as exc:
+            _fail(f"keygen: {exc}", EXIT_CONFIG)
+        click.echo(f"{public}  {secret}")
 
 
 @cli.group()

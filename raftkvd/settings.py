@@ -63,7 +63,10 @@ CLUSTER_KEYS = frozenset(
     }
 )
 NODE_KEYS = frozenset({"id", "raft", "client", "http", "data_dir"})
-TOP_LEVEL_KEYS = frozenset({"cluster", "node"})
+SECURITY_KEYS = frozenset({"curve_dir", "tls_cert_file", "tls_key_file", "tokens_file", "open_paths"})
+LIMITS_KEYS = frozenset({"client_rate", "client_burst"})
+TOP_LEVEL_KEYS = frozenset({"cluster", "node", "security", "limits"})
+DEFAULT_OPEN_PATHS = ("/health", "/ready", "/metrics")
 
 _HOST = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
 _TCP_ENDPOINT = re.compile(rf"tcp://{_HOST}:(?P<port>[0-9]{{1,5}})")
@@ -94,6 +97,42 @@ class NodeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """SPEC §8. Each part is on when its file is given; nothing given: the open development
+    cluster. Paths are absolute (relative ones are relative to the working directory)."""
+
+    curve_dir: Path | None = None
+    """CurveZMQ keys: node<N>.key(_secret) per node, clients/*.key for the clients let in."""
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tokens_file: Path | None = None
+    """Bearer tokens for REST (hashes only, `raftkvd token add`)."""
+    open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS
+    """REST paths served without a token."""
+
+    @property
+    def enabled(self) -> bool:
+        return any(p is not None for p in (self.curve_dir, self.tls_cert_file, self.tokens_file))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """Per-client token buckets (SPEC §8 [limits]); client_rate None: no limit."""
+
+    client_rate: float | None = None
+    """Requests per second per client (token, key or address)."""
+    client_burst: int | None = None
+    """Bucket size; None: twice the rate."""
+
+    @property
+    def burst(self) -> float:
+        """The bucket's size in requests (at least one)."""
+        if self.client_rate is None:
+            return 0.0
+        return float(self.client_burst) if self.client_burst is not None else max(1.0, 2 * self.client_rate)
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSettings:
     nodes: tuple[NodeSettings, ...]
     election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS
@@ -108,6 +147,8 @@ class ClusterSettings:
     log_level: str | None = None
     """The file's `log_level`, upper case; None when the file has none. Flags and the
     environment override it: Settings.log_level is the level a node runs with."""
+    security: SecuritySettings = SecuritySettings()
+    limits: LimitsSettings = LimitsSettings()
 
     def node(self, node_id: int) -> NodeSettings:
         """The node with `node_id`; KeyError when it is not in the file."""
@@ -296,7 +337,55 @@ def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
         ),
         read_lease=_bool(section, "read_lease", True, "cluster."),
         log_level=None if log_level is None else _checked_level(log_level, "cluster.log_level"),
+        security=_parse_security(_table(doc, "security")),
+        limits=_parse_limits(_table(doc, "limits")),
     )
+
+
+def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    section = doc.get(name, {})
+    if not isinstance(section, dict):
+        raise SettingsError(name, f"expected a [{name}] table")
+    return section
+
+
+def _parse_security(section: dict[str, Any]) -> SecuritySettings:
+    _reject_unknown(section, SECURITY_KEYS, "security.")
+    paths = {key: _optional_path(section, key) for key in ("curve_dir", "tls_cert_file", "tls_key_file",
+                                                           "tokens_file")}
+    if (paths["tls_cert_file"] is None) != (paths["tls_key_file"] is None):
+        given, missing = (("tls_cert_file", "tls_key_file") if paths["tls_key_file"] is None
+                          else ("tls_key_file", "tls_cert_file"))
+        raise SettingsError(f"security.{missing}", f"required when security.{given} is given")
+    open_paths = section.get("open_paths", list(DEFAULT_OPEN_PATHS))
+    if (not isinstance(open_paths, list)
+            or not all(isinstance(p, str) and p.startswith("/") for p in open_paths)):
+        raise SettingsError("security.open_paths",
+                            f'expected a list of paths like ["/health"], got {open_paths!r}')
+    return SecuritySettings(open_paths=tuple(open_paths), **paths)
+
+
+def _optional_path(table: dict[str, Any], key: str) -> Path | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str):
+        raise SettingsError(f"security.{key}", f"expected a path string, got {value!r}")
+    return _resolve_dir(value, f"security.{key}")
+
+
+def _parse_limits(section: dict[str, Any]) -> LimitsSettings:
+    _reject_unknown(section, LIMITS_KEYS, "limits.")
+    rate = section.get("client_rate")
+    if rate is not None and (not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0):
+        raise SettingsError("limits.client_rate",
+                            f"expected a positive number of requests per second, got {rate!r}")
+    burst = section.get("client_burst")
+    if burst is not None:
+        if rate is None:
+            raise SettingsError("limits.client_burst", "needs limits.client_rate")
+        burst = _positive_int(section, "client_burst", 1, "limits.")
+    return LimitsSettings(None if rate is None else float(rate), burst)
 
 
 def _reject_unknown(table: dict[str, Any], known: frozenset[str], prefix: str) -> None:
@@ -385,11 +474,11 @@ def _endpoint(table: dict[str, Any], key: str, label: str, pattern: re.Pattern[s
 
 def _resolve_dir(value: str, field: str) -> Path:
     if not value.strip():
-        raise SettingsError(field, "expected a directory path, got an empty string")
+        raise SettingsError(field, "expected a path, got an empty string")
     return Path(os.path.abspath(os.path.expanduser(value)))
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def host_port(address: str) -> tuple[str, int]:
     host, _, port = address.removeprefix("tcp://").rpartition(":")
     return host.lower(), int(port)
 
@@ -406,14 +495,14 @@ def _check_unique(nodes: list[NodeSettings]) -> None:
             raise SettingsError(f"{label}.id", f"duplicate node id {node.id}")
         ids.add(node.id)
         for key in ("raft", "client", "http"):
-            address = _host_port(getattr(node, key))
+            address = host_port(getattr(node, key))
             owner = addresses.setdefault(address, f"{label}.{key}")
             if owner != f"{label}.{key}":
                 raise SettingsError(
                     f"{label}.{key}",
                     f"address {address[0]}:{address[1]} is already used by {owner}",
                 )
-        host_dir = (_host_port(node.raft)[0], node.data_dir)
+        host_dir = (host_port(node.raft)[0], node.data_dir)
         owner = dirs.setdefault(host_dir, label)
         if owner != label:
             raise SettingsError(
