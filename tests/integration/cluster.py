@@ -175,6 +175,7 @@ class ProcCluster:
         self.config_path = root / "cluster.toml"
         self._file_settings = (max_value_bytes, snapshot_threshold)
         self._cluster_keys: dict[str, str] = {}
+        self._sections: dict[str, dict[str, str]] = {}
         self.config_path.write_text(self._toml(*self._file_settings))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: list[subprocess.Popen[bytes]] = []
@@ -209,6 +210,12 @@ class ProcCluster:
         self._cluster_keys[key] = value
         self.config_path.write_text(self._toml(*self._file_settings))
 
+    def set_section_key(self, section: str, key: str, value: str) -> None:
+        """Rewrite the cluster file with `key = value` (TOML source) in [section], such as
+        [security] or [limits]; call before `start`, or then `reload` the running nodes."""
+        self._sections.setdefault(section, {})[key] = value
+        self.config_path.write_text(self._toml(*self._file_settings))
+
     def _toml(self, max_value_bytes: int, snapshot_threshold: int | None) -> str:
         low, high = ELECTION_TIMEOUT_MS
         keys = {
@@ -219,6 +226,8 @@ class ProcCluster:
         if snapshot_threshold is not None:
             keys["snapshot_threshold"] = str(snapshot_threshold)
         lines = ["[cluster]", *(f"{key} = {value}" for key, value in (keys | self._cluster_keys).items())]
+        for section, section_keys in self._sections.items():
+            lines += ["", f"[{section}]", *(f"{key} = {value}" for key, value in section_keys.items())]
         for spec in self.specs.values():
             lines += [
                 "",
