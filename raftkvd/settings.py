@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -114,6 +115,23 @@ class SecuritySettings:
     def enabled(self) -> bool:
         return any(p is not None for p in (self.curve_dir, self.tls_cert_file, self.tokens_file))
 
+    def to_json(self) -> str:
+        """For the HTTP process's command line (worker.py): it runs with its node's settings."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps({k: v if not isinstance(v, Path) else str(v) for k, v in fields.items()}
+                          | {"open_paths": list(self.open_paths)})
+
+    @classmethod
+    def from_json(cls, text: str) -> SecuritySettings:
+        raw = json.loads(text)
+        paths = {k: None if raw[k] is None else Path(raw[k])
+                 for k in ("curve_dir", "tls_cert_file", "tls_key_file", "tokens_file")}
+        return cls(open_paths=tuple(raw["open_paths"]), **paths)
+
+
+NO_SECURITY = SecuritySettings()
+"""The open development cluster."""
+
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
@@ -147,7 +165,7 @@ class ClusterSettings:
     log_level: str | None = None
     """The file's `log_level`, upper case; None when the file has none. Flags and the
     environment override it: Settings.log_level is the level a node runs with."""
-    security: SecuritySettings = SecuritySettings()
+    security: SecuritySettings = NO_SECURITY
     limits: LimitsSettings = LimitsSettings()
 
     def node(self, node_id: int) -> NodeSettings:

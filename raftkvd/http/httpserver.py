@@ -25,6 +25,7 @@ from raftkv import protocol
 from raftkv.protocol import Code
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import HttpMetrics, Snapshot
+from raftkvd.settings import NO_SECURITY, SecuritySettings
 
 from .connection import HttpConnection, Limits
 from .forward import ForwardClient
@@ -81,8 +82,13 @@ class HttpServer:
         metrics: HttpMetrics | None = None,
         *,
         name: str = "raftkvd-http",
+        node_id: int = 0,
+        security: SecuritySettings = NO_SECURITY,
     ) -> None:
+        """`node_id`, `security`: the node this server fronts and its [security] settings."""
         self.address = address
+        self.node_id = node_id
+        self.security = security
         self.local_client = local_client
         self.max_value_bytes = max_value_bytes
         self.metrics = metrics

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from raftkvd.settings import NO_SECURITY, SecuritySettings
+
 from . import control
 from .httpserver import SHUTDOWN_TIMEOUT_S, HttpError
 from .worker import ERROR, READY
@@ -34,7 +36,7 @@ class HttpProcess:
     """One node's HTTP process."""
 
     def __init__(self, node_id: int, address: str, local_client: str, max_value_bytes: int,
-                 log_level: str) -> None:
+                 log_level: str, security: SecuritySettings = NO_SECURITY) -> None:
         self.address = address
         self.port: int | None = None
         self.restarts = 0
@@ -42,7 +44,7 @@ class HttpProcess:
         """What the child runs with; a restarted child starts with the latest."""
         self._base_command = [
             sys.executable, "-m", "raftkvd.http.worker", "--node-id", str(node_id),
-            "--address", address, "--client", local_client,
+            "--address", address, "--client", local_client, "--security", security.to_json(),
         ]
         self._handshake = b""
         self._proc = self._spawn()

@@ -22,7 +22,7 @@ import sys
 import threading
 
 from raftkvd.metrics import HttpMetrics
-from raftkvd.settings import LOG_FORMAT
+from raftkvd.settings import LOG_FORMAT, SecuritySettings
 
 from . import control
 from .httpserver import HttpError, HttpServer
@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client", required=True, help="the node's client endpoint")
     parser.add_argument("--max-value-bytes", type=int, required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--security", type=SecuritySettings.from_json, default=SecuritySettings(),
+                        help="the node's [security] settings, as JSON")
     return parser.parse_args(argv)
 
 
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     server = HttpServer(args.address, args.client, args.max_value_bytes, HttpMetrics(),
-                        name=f"raftkvd-http-{args.node_id}")
+                        name=f"raftkvd-http-{args.node_id}", node_id=args.node_id,
+                        security=args.security)
     try:
         server.start()
     except HttpError as exc:

@@ -94,7 +94,8 @@ class Node:
         self.id = settings.node.id
         # First, so that the HTTP process's start overlaps ours; it gets ready in run().
         self.http = HttpProcess(self.id, settings.node.http, settings.node.client,
-                                settings.cluster.max_value_bytes, settings.log_level)
+                                settings.cluster.max_value_bytes, settings.log_level,
+                                settings.cluster.security)
         try:
             self._open(settings, ctx, raft_bind or settings.node.raft, reads)
         except BaseException:
