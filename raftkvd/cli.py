@@ -18,7 +18,7 @@ from raftkv.backupfile import BackupError
 from .errors import RaftKVError
 from .localcluster import LocalCluster
 from .settings import LOG_FORMAT, LOG_LEVELS, Settings, SettingsError, load_cluster, load_settings
-from .startchecks import StartCheckError, check_secrets, warn_if_exposed
+from .startchecks import StartCheckError, check_http_files, check_secrets, warn_if_exposed
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -88,6 +88,7 @@ def run(obj: dict[str, Any] | None, config_path: str | None, node_id: int | None
     )
     try:
         check_secrets(settings)
+        check_http_files(settings)
     except StartCheckError as exc:
         _fail(str(exc), EXIT_CONFIG)
     warn_if_exposed(settings)
@@ -192,6 +193,48 @@ def keygen(directory: Path, names: tuple[str, ...]) -> None:
         except (KeyFileError, OSError) as exc:
             _fail(f"keygen: {exc}", EXIT_CONFIG)
         click.echo(f"{public}  {secret}")
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens for the REST API ([security] tokens_file); nodes re-read the file on SIGHUP."""
+
+
+_tokens_file = click.option("--tokens-file", required=True, envvar="RAFTKVD_TOKENS_FILE",
+                            type=click.Path(dir_okay=False, path_type=Path),
+                            help="The tokens file (env RAFTKVD_TOKENS_FILE).")
+
+
+@token.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["read", "write", "admin"]),
+              help="read may GET; write also PUT and DELETE keys; admin anything.")
+@_tokens_file
+@click.option("--replace", is_flag=True, help="Revoke NAME's token and make a new one.")
+def token_add(name: str, role: str, tokens_file: Path, replace: bool) -> None:
+    """Make a token for NAME and print it, once: the file keeps only its hash (created mode
+    0600). Then SIGHUP the nodes (or restart them) to let it in."""
+    from .http.tokens import Role, TokenFileError, add_token
+
+    try:
+        made = add_token(tokens_file, name, Role.parse(role), replace=replace)
+    except (TokenFileError, OSError) as exc:
+        _fail(f"token add: {exc}", EXIT_CONFIG)
+    click.echo(made)
+
+
+@token.command("list")
+@_tokens_file
+def token_list(tokens_file: Path) -> None:
+    """The names and roles in the tokens file (never a hash)."""
+    from .http.tokens import TokenFileError, read_entries
+
+    try:
+        entries = read_entries(tokens_file)
+    except TokenFileError as exc:
+        _fail(f"token list: {exc}", EXIT_CONFIG)
+    for entry in entries:
+        click.echo(f"{entry.name}\t{entry.role.label}")
 
 
 @cli.group()

@@ -11,6 +11,7 @@ import argparse
 import http.client
 import sys
 
+from raftkvd.http.tls import client_context_unverified
 from raftkvd.settings import SettingsError, load_settings
 
 TIMEOUT_S = 3.0
@@ -27,10 +28,13 @@ def health_target(http_address: str) -> tuple[str, int]:
     return _WILDCARDS.get(host, host), int(port)
 
 
-def check(http_address: str, timeout: float = TIMEOUT_S) -> tuple[bool, str]:
-    """(healthy, one line saying why) for the node serving HTTP at `http_address`."""
+def check(http_address: str, timeout: float = TIMEOUT_S, tls: bool = False) -> tuple[bool, str]:
+    """(healthy, one line saying why) for the node serving HTTP at `http_address` (HTTPS when
+    `tls`: the node has [security] tls_cert_file)."""
     host, port = health_target(http_address)
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    connection = (http.client.HTTPSConnection(host, port, timeout=timeout,
+                                              context=client_context_unverified())
+                  if tls else http.client.HTTPConnection(host, port, timeout=timeout))
     try:
         connection.request("GET", "/health", headers={"Accept": "application/json"})
         response = connection.getresponse()
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNHEALTHY
-    healthy, line = check(settings.node.http, args.timeout)
+    healthy, line = check(settings.node.http, args.timeout,
+                          tls=settings.cluster.security.tls_cert_file is not None)
     print(line)
     return EXIT_HEALTHY if healthy else EXIT_UNHEALTHY
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from raftkv.curve import SECRET_SUFFIX, KeyFileError, check_private, node_key_name
 
+from .http.tls import TlsError, server_context
+from .http.tokens import TokenFileError, read_entries
 from .settings import Settings, host_port
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,20 @@ def check_secrets(settings: Settings) -> None:
             check_private(path)
         except KeyFileError as exc:
             raise StartCheckError(str(exc)) from None
+
+
+def check_http_files(settings: Settings) -> None:
+    """StartCheckError naming the TLS certificate or key, or the tokens file, that the HTTP
+    process could not use: said here, before anything starts, rather than by the HTTP
+    process once the node runs."""
+    security = settings.cluster.security
+    try:
+        if security.tls_cert_file is not None and security.tls_key_file is not None:
+            server_context(security.tls_cert_file, security.tls_key_file)
+        if security.tokens_file is not None:
+            read_entries(security.tokens_file)
+    except (TlsError, TokenFileError) as exc:
+        raise StartCheckError(str(exc)) from None
 
 
 def is_loopback(host: str) -> bool:

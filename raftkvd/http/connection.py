@@ -52,6 +52,9 @@ class Request:
     body: bytes = b""
     received: float = 0.0
     """time.monotonic() once the request was parsed (traced writes report it)."""
+    client: str = ""
+    """Who sent it, for per-client limits: "addr:IP" from the connection, "token:NAME" once
+    its bearer token is checked (auth.py)."""
 
 
 @dataclass(slots=True)
@@ -119,11 +122,14 @@ class HttpConnection(asyncio.Protocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._paused = False
+        self._client = ""
         self._reset_request()
 
     # ---- the connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._client = f"addr:{peer[0]}" if isinstance(peer, tuple) and peer else "addr:?"
         self._connections.add(self)
         self._arm_idle()
 
@@ -209,7 +215,7 @@ class HttpConnection(asyncio.Protocol):
         target = self._target.decode("latin-1")
         path, query = self._split(target)
         request = Request(self._parser.get_method().decode("latin-1"), target, path, query,
-                          self._headers, bytes(self._body), time.monotonic())
+                          self._headers, bytes(self._body), time.monotonic(), self._client)
         self._queue.append((request, self._parser.should_keep_alive()))
         if len(self._queue) >= MAX_PIPELINED and self._transport is not None and not self._paused:
             self._paused = True

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +28,13 @@ from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import HttpMetrics, Snapshot
 from raftkvd.settings import NO_SECURITY, SecuritySettings
 
-from .connection import HttpConnection, Limits
+from .auth import Authorizer
+from .connection import IDLE_TIMEOUT_S, HttpConnection, Limits
 from .forward import ForwardClient
 from .guards import BadRequestLog, Refuse, connection_cap
-from .rest import RestApi
+from .rest import PUBLIC_ROUTES, RestApi, required_role
+from .tls import TlsError, server_context
+from .tokens import TokenFileError, TokenStore, load_store
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,17 @@ class HttpError(RaftKVError):
 
 
 async def _listen(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol],
-                  address: str) -> asyncio.Server:
+                  address: str, tls: ssl.SSLContext | None) -> asyncio.Server:
     """Bind `address`, waiting out a short EADDRINUSE: the HTTP process of this node's previous
-    run (killed with it) may still be closing its listener."""
+    run (killed with it) may still be closing its listener. With `tls`, a handshake must
+    finish within the idle timeout, so a silent client holds no connection longer over TLS."""
     host, port = split_address(address)
     deadline = time.monotonic() + BIND_RETRY_S
+    handshake = {"ssl_handshake_timeout": IDLE_TIMEOUT_S} if tls is not None else {}
     while True:
         try:
-            return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+            return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024,
+                                            ssl=tls, **handshake)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 raise
@@ -100,6 +107,7 @@ class HttpServer:
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._limits: tuple[RestApi, Limits] | None = None
+        self._auth: Authorizer | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -108,6 +116,8 @@ class HttpServer:
             raise HttpError(f"http server on {self.address} did not start within {START_TIMEOUT_S:g}s")
         if self._error is not None:
             self._thread.join()
+            if isinstance(self._error, HttpError):
+                raise self._error
             raise HttpError(f"cannot serve http on {self.address}: {self._error}")
 
     def stop(self) -> None:
@@ -138,6 +148,40 @@ class HttpServer:
             api.max_value_bytes = self.max_value_bytes
             limits.body_limit = api.body_limit
 
+    def reload_tokens(self) -> None:
+        """Safe from any thread (a reload, worker.py): re-read the tokens file; the next
+        request is checked against it. An invalid file keeps the tokens in use."""
+        path = self.security.tokens_file
+        if path is None:
+            return
+        try:
+            store = load_store(path)
+        except TokenFileError as exc:
+            log.error("event=tokens_reload_failed action=keep_old error=%s", exc)
+            return
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._apply_tokens, store)
+        log.info("event=tokens_reloaded tokens=%d", len(store))
+
+    def _apply_tokens(self, store: TokenStore) -> None:
+        if self._auth is not None:
+            self._auth.store = store
+
+    def _security(self) -> tuple[ssl.SSLContext | None, Authorizer | None]:
+        """The TLS context and the token check [security] asks for; HttpError naming the file
+        that cannot be used."""
+        sec = self.security
+        try:
+            tls = (server_context(sec.tls_cert_file, sec.tls_key_file)
+                   if sec.tls_cert_file is not None and sec.tls_key_file is not None else None)
+            auth = (Authorizer(load_store(sec.tokens_file), sec.open_paths, PUBLIC_ROUTES,
+                               required_role) if sec.tokens_file is not None else None)
+        except (TlsError, TokenFileError) as exc:
+            raise HttpError(str(exc)) from None
+        return tls, auth
+
     def _run(self) -> None:
         loop = uvloop.new_event_loop()
         self._loop = loop
@@ -155,10 +199,12 @@ class HttpServer:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        tls, self._auth = self._security()
         ctx = zmq.Context()
         forward = ForwardClient(ctx, self.local_client)
         poller = StatusPoller(forward)
-        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes)
+        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes,
+                      self._auth)
         limits = Limits(api.body_limit, BadRequestLog())
         self._limits = (api, limits)
         connections: set[HttpConnection] = set()
@@ -171,7 +217,7 @@ class HttpServer:
 
         server: asyncio.Server | None = None
         try:
-            server = await _listen(loop, protocol_factory, self.address)
+            server = await _listen(loop, protocol_factory, self.address, tls)
             self.port = server.sockets[0].getsockname()[1]
             self._started.set()
             polling = asyncio.create_task(poller.run())

@@ -23,8 +23,10 @@ from raftkvd.errors import Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from raftkvd.metrics import HttpMetrics, Snapshot
 
+from .auth import Authorizer
 from .connection import JSON_TYPE, Request, Response, error_response, json_response
 from .forward import ForwardClient, NoLeader
+from .tokens import Role
 from .webview import STATIC_PREFIX, WebView
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,24 @@ _REPLY_STATUS = {
     Code.NO_SPACE.value: 507,
 }
 
+WRITE_REQUESTS = frozenset({("PUT", KV_ROUTE), ("DELETE", KV_ROUTE)})
+PUBLIC_ROUTES = frozenset({"/", STATIC_ROUTE})
+"""The web view's own files, the same on every node and holding no data: a browser cannot
+send a bearer token when it opens a page, so these are served to anyone; the page's data
+(/cluster) needs a token like any other request (see the README)."""
+
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def required_role(method: str, route: str) -> Role:
+    """The role table, in one place (SPEC §8): `read` may GET, `write` also PUT and DELETE
+    keys, `admin` anything else (a mutating request added later is admin-only unless it is
+    listed here)."""
+    if method == "GET":
+        return Role.READ
+    if (method, route) in WRITE_REQUESTS:
+        return Role.WRITE
+    return Role.ADMIN
 
 
 class BadRequest(Exception):
@@ -75,12 +94,15 @@ class RestApi:
         snapshot: Callable[[], Snapshot | None],
         metrics: HttpMetrics | None,
         max_value_bytes: int,
+        auth: Authorizer | None = None,
     ) -> None:
+        """`auth`: the bearer-token check, when [security] tokens_file is set."""
         self.forward = forward
         self.snapshot = snapshot
         self.metrics = metrics
         self.max_value_bytes = max_value_bytes
         """Changed at run time by a reload (HttpServer.set_max_value_bytes)."""
+        self.auth = auth
         self.openapi = _load_openapi()
         self.web = WebView()
         self.routes: dict[str, dict[str, Handler]] = {
@@ -120,7 +142,8 @@ class RestApi:
         methods = self.routes.get(route)
         if methods is None:
             route = UNMATCHED_ROUTE
-        response = await self._answer(request, methods)
+        refused = self.auth.check(request, route) if self.auth is not None else None
+        response = refused or await self._answer(request, methods)
         if self.metrics is not None:
             method = request.method if request.method in KNOWN_METHODS else "OTHER"
             self.metrics.observe(method, route, response.status, time.perf_counter() - started)

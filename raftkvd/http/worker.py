@@ -72,10 +72,12 @@ def _watch_node(done: threading.Event, server: HttpServer) -> None:
 
 
 def _reload(server: HttpServer, settings: control.Reload) -> None:
-    """The node reloaded its cluster file (SIGHUP): this process follows its log level and
-    holds the next request to its max_value_bytes."""
+    """The node reloaded its cluster file (SIGHUP): this process follows its log level, holds
+    the next request to its max_value_bytes, and re-reads the tokens file (`raftkvd token
+    add` takes effect without a restart)."""
     logging.getLogger().setLevel(settings.log_level)
     server.set_max_value_bytes(settings.max_value_bytes)
+    server.reload_tokens()
     log.info("event=http_reloaded max_value_bytes=%d log_level=%s", settings.max_value_bytes,
              settings.log_level)
 

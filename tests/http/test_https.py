@@ -1,0 +1,116 @@
+"""HTTPS on the http address (SPEC §8) with a real node: curl and Python trusting a test CA
+get /health, the web view and /metrics; plain HTTP to the same port fails at once; the
+container health check asks over HTTPS; a certificate or key that cannot be loaded stops
+the start with one line naming the file (exit 2, like any config error)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import HOST, RAFTKVD, ProcCluster, run_cli
+from http_helpers import http_port
+from tls_helpers import Pki, https_call, make_pki, needs_openssl, use_tls
+
+pytestmark = [pytest.mark.timeout(120), needs_openssl]
+
+PLAIN_FAILS_WITHIN_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[ProcCluster]:
+    cluster = ProcCluster(tmp_path_factory.mktemp("https"), size=1)
+    use_tls(cluster, pki)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_trusting_the_ca_gets_health_over_https(tls_cluster: ProcCluster, pki: Pki) -> None:
+    url = f"https://{HOST}:{http_port(tls_cluster, 1)}/health"
+    done = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(pki.ca), url],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert '"node_id": 1' in done.stdout
+
+
+def test_the_web_view_metrics_and_kv_are_served_over_https(tls_cluster: ProcCluster,
+                                                           pki: Pki) -> None:
+    port = http_port(tls_cluster, 1)
+    page = https_call(port, pki.ca, "GET", "/")
+    assert page.status == 200 and b"<html" in page.body.lower()
+    metrics = https_call(port, pki.ca, "GET", "/metrics")
+    assert metrics.status == 200 and b"# TYPE" in metrics.body
+    put = https_call(port, pki.ca, "PUT", "/kv/tls", b'{"value": "over tls"}')
+    assert put.status == 200, put.body
+    assert https_call(port, pki.ca, "GET", "/kv/tls").json()["value"] == "over tls"
+
+
+def test_plain_http_to_the_tls_port_fails_quickly(tls_cluster: ProcCluster) -> None:
+    """The TLS handshake fails on a plain request and the server closes: no HTTP answer, and
+    no hang."""
+    started = time.monotonic()
+    with socket.create_connection((HOST, http_port(tls_cluster, 1)), timeout=PLAIN_FAILS_WITHIN_S) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - started < PLAIN_FAILS_WITHIN_S
+    assert b"HTTP/1.1" not in received and b"healthy" not in received
+
+
+def test_the_healthcheck_asks_over_https(tls_cluster: ProcCluster) -> None:
+    done = subprocess.run([sys.executable, "-m", "raftkvd.healthcheck", "--config",
+                           str(tls_cluster.config_path), "--id", "1"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "200" in done.stdout
+
+
+def _start_fails(tmp_path: Path, pki: Pki, cert: Path, key: Path) -> str:
+    """Start a node with `cert` and `key`: it must exit 2 at once; its stderr."""
+    cluster = ProcCluster(tmp_path / "bad", size=1)
+    try:
+        use_tls(cluster, Pki(pki.ca, cert, key))
+        done = run_cli(RAFTKVD, "run", "--config", str(cluster.config_path), "--id", "1", timeout=30)
+    finally:
+        cluster.close()
+    assert done.returncode == 2, done.stderr
+    return done.stderr
+
+
+def test_a_certificate_that_is_not_one_fails_the_start_naming_it(tmp_path: Path, pki: Pki) -> None:
+    bogus = tmp_path / "bogus.crt"
+    bogus.write_text("not a certificate\n")
+    stderr = _start_fails(tmp_path, pki, bogus, pki.key)
+    assert f"tls_cert_file {bogus}" in stderr and "not a PEM certificate" in stderr
+
+
+def test_a_key_of_another_certificate_fails_the_start_naming_it(tmp_path: Path, pki: Pki) -> None:
+    other = make_pki(tmp_path / "other")
+    stderr = _start_fails(tmp_path, pki, pki.cert, other.key)
+    assert f"tls_key_file {other.key} is not the key of certificate {pki.cert}" in stderr
+    assert "PRIVATE KEY" not in stderr
+
+
+def test_a_missing_key_fails_the_start_naming_it(tmp_path: Path, pki: Pki) -> None:
+    missing = tmp_path / "missing.key"
+    stderr = _start_fails(tmp_path, pki, pki.cert, missing)
+    assert str(missing) in stderr
