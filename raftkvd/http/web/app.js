@@ -12,7 +12,25 @@ const SPARK_PAD = 4;
 const NONE = "–";
 const LAG_WARN = 100;            // entries behind the leader before a lag is shown as a warning
 
+const TOKEN_KEY = "raftkv-token";
+
 const rate = { samples: [], last: null };  // last: {at: ms, commit: index}
+
+/**
+ * The bearer token for /cluster when the node has a tokens file: opened as /#token=TOKEN, the
+ * page keeps it for this tab (sessionStorage) and drops it from the address bar. A fragment is
+ * never sent to the server, so the token stays out of its logs and of any Referer.
+ */
+function takeToken() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+const token = takeToken();
 
 function $(id) {
   return document.getElementById(id);
@@ -171,11 +189,15 @@ async function refresh() {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
   try {
-    const response = await fetch(CLUSTER_URL, {
-      cache: "no-store", signal: controller.signal, headers: { Accept: "application/json" },
-    });
+    const headers = { Accept: "application/json" };
+    if (token) {
+      headers.Authorization = `Bearer ${token}`;
+    }
+    const response = await fetch(CLUSTER_URL, { cache: "no-store", signal: controller.signal, headers });
     const body = await response.json().catch(() => null);
-    if (response.ok && Array.isArray(body)) {
+    if (response.status === 401 || response.status === 403) {
+      renderError("it needs a read token: open this page as /#token=TOKEN");
+    } else if (response.ok && Array.isArray(body)) {
       render(body, performance.now());
     } else if (body && Array.isArray(body.nodes)) {
       render(body.nodes, performance.now());  // no leader to ask: this node's own view
