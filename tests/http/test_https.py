@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from cluster import HOST, RAFTKVD, ProcCluster, run_cli
 from http_helpers import http_port
-from tls_helpers import Pki, https_call, make_pki, needs_openssl, use_tls
+from tls_helpers import OPENSSL, Pki, https_call, make_pki, needs_openssl, use_tls
+
+from raftkvd.settings import SecuritySettings
 
 pytestmark = [pytest.mark.timeout(120), needs_openssl]
 
@@ -114,3 +116,28 @@ def test_a_missing_key_fails_the_start_naming_it(tmp_path: Path, pki: Pki) -> No
     missing = tmp_path / "missing.key"
     stderr = _start_fails(tmp_path, pki, pki.cert, missing)
     assert str(missing) in stderr
+
+
+def test_an_encrypted_key_fails_the_start_without_a_prompt(tmp_path: Path, pki: Pki) -> None:
+    cert, key = tmp_path / "enc.crt", tmp_path / "enc.key"
+    assert OPENSSL is not None
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-passout", "pass:secret", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=30)
+    key.chmod(0o600)
+    stderr = _start_fails(tmp_path, pki, cert, key)
+    assert f"tls_key_file {key}: not an unencrypted PEM private key" in stderr
+
+
+def test_the_http_process_says_which_file_it_cannot_load_on_its_handshake_line(
+        tmp_path: Path, pki: Pki) -> None:
+    """The node checks first; a restarted HTTP process (a file changed since) says it too."""
+    bogus = tmp_path / "bogus.crt"
+    bogus.write_text("not a certificate\n")
+    security = SecuritySettings(tls_cert_file=bogus, tls_key_file=pki.key)
+    done = subprocess.run([sys.executable, "-m", "raftkvd.http.worker", "--node-id", "1",
+                           "--address", f"{HOST}:0", "--client", "tcp://127.0.0.1:1",
+                           "--max-value-bytes", "1024", "--security", security.to_json()],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert done.stdout == f"error security.tls_cert_file {bogus}: not a PEM certificate\n"
