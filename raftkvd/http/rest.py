@@ -143,7 +143,7 @@ class RestApi:
         if methods is None:
             route = UNMATCHED_ROUTE
         refused = self.auth.check(request, route) if self.auth is not None else None
-        response = refused or await self._answer(request, methods)
+        response = refused if refused is not None else await self._answer(request, methods)
         if self.metrics is not None:
             method = request.method if request.method in KNOWN_METHODS else "OTHER"
             self.metrics.observe(method, route, response.status, time.perf_counter() - started)
