@@ -1,7 +1,8 @@
-"""HTTPS on the http address (SPEC §8) with a real node: curl and Python trusting a test CA
-get /health, the web view and /metrics; plain HTTP to the same port fails at once; the
-container health check asks over HTTPS; a certificate or key that cannot be loaded stops
-the start with one line naming the file (exit 2, like any config error)."""
+"""HTTPS on the http address (SPEC §8) with a real node, tokens on too: curl and Python
+trusting a test CA get /health, the web view, /metrics and (with a token) keys; plain HTTP to
+the same port fails at once; the container health check asks over HTTPS; a certificate or
+key that cannot be loaded stops the start with one line naming the file (exit 2, like any
+config error); neither the token nor the key reaches the log."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 from cluster import HOST, RAFTKVD, ProcCluster, run_cli
 from http_helpers import http_port
-from tls_helpers import OPENSSL, Pki, https_call, make_pki, needs_openssl, use_tls
+from tls_helpers import OPENSSL, Pki, bearer, https_call, make_pki, needs_openssl, use_tls
 
+from raftkvd.http.tokens import Role, add_token
 from raftkvd.settings import SecuritySettings
 
 pytestmark = [pytest.mark.timeout(120), needs_openssl]
@@ -30,10 +32,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+WRITER: list[str] = []
+"""The write token of the TLS node (tokens on too, as in a deployment)."""
+
+
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[ProcCluster]:
     cluster = ProcCluster(tmp_path_factory.mktemp("https"), size=1)
     use_tls(cluster, pki)
+    tokens_file = cluster.root / "tokens"
+    WRITER.append(add_token(tokens_file, "writer", Role.WRITE))
+    cluster.set_section_key("security", "tokens_file", f'"{tokens_file}"')
     try:
         cluster.start_all()
         yield cluster
@@ -57,9 +66,10 @@ def test_the_web_view_metrics_and_kv_are_served_over_https(tls_cluster: ProcClus
     assert page.status == 200 and b"<html" in page.body.lower()
     metrics = https_call(port, pki.ca, "GET", "/metrics")
     assert metrics.status == 200 and b"# TYPE" in metrics.body
-    put = https_call(port, pki.ca, "PUT", "/kv/tls", b'{"value": "over tls"}')
+    assert https_call(port, pki.ca, "PUT", "/kv/tls", b'{"value": "v"}').status == 401
+    put = https_call(port, pki.ca, "PUT", "/kv/tls", b'{"value": "over tls"}', bearer(WRITER[0]))
     assert put.status == 200, put.body
-    assert https_call(port, pki.ca, "GET", "/kv/tls").json()["value"] == "over tls"
+    assert https_call(port, pki.ca, "GET", "/kv/tls", headers=bearer(WRITER[0])).json()["value"] == "over tls"
 
 
 def test_plain_http_to_the_tls_port_fails_quickly(tls_cluster: ProcCluster) -> None:
@@ -141,3 +151,12 @@ def test_the_http_process_says_which_file_it_cannot_load_on_its_handshake_line(
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert done.stdout == f"error security.tls_cert_file {bogus}: not a PEM certificate\n"
+
+
+def test_no_token_or_key_appears_in_the_tls_nodes_log(tls_cluster: ProcCluster, pki: Pki) -> None:
+    """Last of the module's tests on the TLS node."""
+    text = tls_cluster.specs[1].log_path.read_text(errors="replace")
+    assert WRITER[0] not in text and "Bearer" not in text
+    key_lines = pki.key.read_text().splitlines()[1:-1]
+    assert key_lines and not [line for line in key_lines if line in text]
+    assert "PRIVATE KEY" not in text
