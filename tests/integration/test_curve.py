@@ -144,8 +144,21 @@ def test_a_peer_without_a_members_key_cannot_raise_the_term_and_is_counted(
                (stranger, server_key) if mechanism == "unknown curve key" else None)
     assert max(cluster.status(i)["term"] for i in cluster.ids) == term
     assert cluster.wait_for_leader() == leader
+    assert cluster.status(target)["malformed_frames"] == 0  # nothing of it reached the node
     wait_for("the refusal to be counted", lambda: rejected(cluster, target, "raft") > before, 5.0)
     assert "event=security_rejected endpoint=raft" in cluster.log_tail(target, 200)
+
+
+def test_a_member_cannot_speak_in_another_members_name(secured: tuple[ProcCluster, Path]) -> None:
+    cluster, curve_dir = secured
+    leader = cluster.wait_for_leader()
+    target, other = (i for i in cluster.ids if i != leader)
+    term = cluster.status(target)["term"]
+    others_pair = load_secret(curve_dir / f"{node_key_name(other)}.key_secret")
+    _send_raft(cluster, target, leader, term + 100,
+               (others_pair, load_public(node_public_path(curve_dir, target))))
+    assert max(cluster.status(i)["term"] for i in cluster.ids) == term
+    assert cluster.wait_for_leader() == leader
 
 
 def test_raftctl_without_an_accepted_key_exits_2_in_one_line_before_its_timeout(
