@@ -95,6 +95,8 @@ def test_a_secured_cluster_serves_raftctl_and_rest_through_the_forwarder(
     assert status.returncode == 0, status.stderr
     assert all(node["reachable"] for node in json.loads(status.stdout)), status.stdout
     assert raftctl(cluster, key, "del", "k").stdout.strip() == "deleted"
+    bench = raftctl(cluster, key, "-o", "json", "bench", "put", "--clients", "2", "--total", "40")
+    assert bench.returncode == 0 and json.loads(bench.stdout)["ops"] == 40, bench.stderr
     follower = next(i for i in cluster.ids if i != cluster.wait_for_leader())
     base = f"http://127.0.0.1:{cluster.specs[follower].http_port}"
     put = urllib.request.Request(f"{base}/kv/r", data=b'{"value": "rest"}', method="PUT")
