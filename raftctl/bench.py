@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from raftkv.curve import ClientCurve
 from raftkv.protocol import WRITE_OPS, Code
 from raftkv.routing import Call, Outcome, Route, Router
 
@@ -76,13 +77,14 @@ class LoadRun:
     """`clients` simulated clients share `count` operations (client n does n, n+clients, ...)."""
 
     def __init__(self, endpoints: list[str], timeout: float, clients: int, count: int,
-                 make_request: RequestMaker, on_done: Callable[[int], None] = lambda n: None) -> None:
+                 make_request: RequestMaker, on_done: Callable[[int], None] = lambda n: None,
+                 curve: ClientCurve | None = None) -> None:
         self.timeout = timeout
         self.make_request = make_request
         self.on_done = on_done
         self.latencies: list[float] = []
         self.router = Router([normalize_endpoint(e) for e in endpoints])
-        self.links = Links(zmq.Context.instance())
+        self.links = Links(zmq.Context.instance(), curve)
         self.clients = [_SimClient(list(range(n, count, clients))) for n in range(min(clients, count))]
 
     def run(self) -> tuple[list[float], float]:

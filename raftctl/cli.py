@@ -25,6 +25,8 @@ from raftctl import backup, render
 from raftctl.bench import LoadRun, RequestMaker, bench_key, bench_result
 from raftctl.client import DEFAULT_TIMEOUT, Client, normalize_endpoint
 from raftctl.errors import EXIT_OK, EXIT_USAGE, RaftCtlError, Unavailable, UsageError
+from raftctl.security import KEY_ENV, client_curve
+from raftkv.curve import ClientCurve
 from raftkv.protocol import CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE, MAX_KEY_BYTES
 
 DEFAULT_ENDPOINTS = "127.0.0.1:20061,127.0.0.1:20062,127.0.0.1:20063"
@@ -52,10 +54,13 @@ class Settings:
     endpoints: list[str]
     timeout: float
     output: str
+    curve: ClientCurve | None = None
+    """With --key: CurveZMQ to every node (SPEC §8)."""
 
     def client(self) -> Client:
         """A Client that is closed when the running command's context closes."""
-        return click.get_current_context().with_resource(Client(self.endpoints, self.timeout))
+        return click.get_current_context().with_resource(
+            Client(self.endpoints, self.timeout, curve=self.curve))
 
     def done(self, data: dict[str, Any], text: str) -> None:
         """Report a success: `data` as JSON with -o json, else the one-line `text`."""
@@ -76,15 +81,19 @@ def parse_endpoints(text: str) -> list[str]:
     return endpoints
 
 
-def endpoints_from_config(path: Path) -> list[str]:
-    """The `client` endpoint of every [[node]] table of a cluster TOML file (SPEC §2)."""
+def read_config(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
-            data = tomllib.load(file)
+            return tomllib.load(file)
     except OSError as error:
         raise UsageError(f"cannot read config {path}: {error.strerror}") from error
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config {path}: {error}") from error
+
+
+def endpoints_from_config(path: Path, data: dict[str, Any] | None = None) -> list[str]:
+    """The `client` endpoint of every [[node]] table of a cluster TOML file (SPEC §2)."""
+    data = read_config(path) if data is None else data
     nodes = data.get("node")
     if not isinstance(nodes, list) or not nodes:
         raise UsageError(f"config {path}: no [[node]] tables")
@@ -97,13 +106,14 @@ def endpoints_from_config(path: Path) -> list[str]:
     return endpoints
 
 
-def _resolve_endpoints(ctx: click.Context, endpoints: str, config: Path | None) -> list[str]:
+def _resolve_endpoints(ctx: click.Context, endpoints: str, config: Path | None,
+                       data: dict[str, Any] | None) -> list[str]:
     """--config replaces the endpoint list; giving both on the command line is ambiguous."""
     if config is None:
         return parse_endpoints(endpoints)
     if ctx.get_parameter_source("endpoints") == ParameterSource.COMMANDLINE:
         raise UsageError("give either -e/--endpoints or --config, not both")
-    return endpoints_from_config(config)
+    return endpoints_from_config(config, data)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -137,16 +147,27 @@ def _resolve_endpoints(ctx: click.Context, endpoints: str, config: Path | None) 
     show_default=True,
     help="Output format.",
 )
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=KEY_ENV,
+    show_envvar=True,
+    metavar="FILE",
+    help="CurveZMQ: this client's NAME.key_secret (the nodes' keys come from --config's curve_dir).",
+)
 @click.version_option(package_name="raftkv", prog_name="raftctl")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: str, config: Path | None, timeout: float, output: str) -> None:
+def cli(ctx: click.Context, endpoints: str, config: Path | None, timeout: float, output: str,
+        key: Path | None) -> None:
     """Command-line client of a raftkv cluster.
 
     Any node may be asked: followers redirect to the leader, invisibly.
     Exit codes: 0 ok, 1 key not found or compare failed, 2 usage or
     configuration error, 3 cluster unavailable, 4 request rejected.
     """
-    ctx.obj = Settings(_resolve_endpoints(ctx, endpoints, config), timeout, output)
+    data = read_config(config) if config is not None else None
+    ctx.obj = Settings(_resolve_endpoints(ctx, endpoints, config, data), timeout, output,
+                       client_curve(key, data, config))
 
 
 @cli.command()
@@ -438,7 +459,7 @@ def _run_load(
     task = progress.add_task(label, total=count)
     with progress:
         run = LoadRun(settings.endpoints, settings.timeout, clients, count, make_request,
-                      on_done=lambda n: progress.advance(task, n))
+                      on_done=lambda n: progress.advance(task, n), curve=settings.curve)
         return run.run()
 
 

@@ -28,6 +28,7 @@ from raftctl.errors import (
 )
 from raftctl.links import Links
 from raftkv import routing
+from raftkv.curve import ClientCurve
 from raftkv.protocol import (
     CONSISTENCY_LINEARIZABLE,
     CONSISTENCY_SERIALIZABLE,
@@ -65,9 +66,11 @@ class Client:
     """
 
     def __init__(
-        self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT, session: str | None = None
+        self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT, session: str | None = None,
+        *, curve: ClientCurve | None = None,
     ) -> None:
-        """`timeout` bounds each call in seconds, retries and redirects included."""
+        """`timeout` bounds each call in seconds, retries and redirects included. `curve`:
+        CurveZMQ to every node (raftctl/security.py builds it)."""
         if not endpoints:
             raise UsageError("no endpoints given")
         if not timeout > 0:
@@ -77,7 +80,7 @@ class Client:
         self.session = session or uuid.uuid4().hex
         self._seq = 0
         self._router = Router(list(self.endpoints))
-        self._links = Links(zmq.Context.instance())
+        self._links = Links(zmq.Context.instance(), curve)
 
     @property
     def leader(self) -> str | None:

@@ -9,6 +9,10 @@ Sockets are IMMEDIATE (raftkv/sockets.py): a request waits for a live connection
 being queued for a node that may be down. A try that finds no connection within
 CONNECT_TIMEOUT_S, or whose connection drops before the answer (the socket monitor says so),
 is reported lost, so the call moves on at once instead of waiting out a timeout.
+
+With CurveZMQ (SPEC §8) each link expects its node's key; a handshake the node refuses
+(the same monitor reports it) ends the run with a UsageError at once: credentials do not get
+better by retrying, and the user must hear why rather than see a timeout.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from typing import Any
 
 import zmq
 
+from raftkv.curve import ClientCurve
 from raftkv.frames import FrameError, decode_batch, encode_batch
 from raftkv.routing import Call
-from raftkv.sockets import close_link, dropped, open_link
+from raftkv.sockets import close_link, events, open_link
+
+from .security import link_keys, refusal
 
 CONNECT_TIMEOUT_S = 0.2
 """A try that finds no connection to its node within this long is lost (the node is down)."""
@@ -54,15 +61,21 @@ class _Queued:
 class _Link:
     """One node's DEALER, its monitor, and the tries waiting for a connection."""
 
-    def __init__(self, context: zmq.Context, endpoint: str) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, curve: ClientCurve | None) -> None:
         self.endpoint = endpoint
-        self.socket, self.monitor = open_link(context, endpoint)
+        self.secured = curve is not None
+        self.socket, self.monitor = open_link(context, endpoint, link_keys(curve, endpoint))
         self.queue: deque[_Queued] = deque()
         self.sent: set[int] = set()
         """Request ids on this connection still waiting for their answer."""
 
     def disconnected(self) -> bool:
-        return dropped(self.monitor)
+        """The connection dropped since the last look; UsageError if a handshake was refused."""
+        seen = events(self.monitor)
+        error = refusal(self.endpoint, seen, self.secured)
+        if error is not None:
+            raise error
+        return bool(seen & zmq.EVENT_DISCONNECTED)
 
     def close(self) -> None:
         close_link(self.socket, self.monitor)
@@ -71,8 +84,9 @@ class _Link:
 class Links:
     """Calls to the nodes of one cluster over shared links. Not thread-safe."""
 
-    def __init__(self, context: zmq.Context | None = None) -> None:
+    def __init__(self, context: zmq.Context | None = None, curve: ClientCurve | None = None) -> None:
         self._context = context or zmq.Context.instance()
+        self._curve = curve
         self._links: dict[str, _Link] = {}
         self._ids = itertools.count(1)
         self._tries: dict[int, tuple[_Active, str]] = {}
@@ -139,7 +153,7 @@ class Links:
     def _link(self, endpoint: str) -> _Link:
         link = self._links.get(endpoint)
         if link is None:
-            link = self._links[endpoint] = _Link(self._context, endpoint)
+            link = self._links[endpoint] = _Link(self._context, endpoint, self._curve)
         return link
 
     def _send(self, active: _Active, endpoints: list[str], now: float) -> None:
@@ -183,6 +197,8 @@ class Links:
                 self._answered(link, reply, now)
 
     def _answered(self, link: _Link, reply: Reply, now: float) -> None:
+        if self._curve is not None:
+            self._curve.servers.learn(reply)  # a redirect names the leader's id, hence its key
         request_id = reply.get("id")
         if type(request_id) is not int:
             return

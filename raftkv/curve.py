@@ -74,9 +74,24 @@ def _load(path: Path) -> tuple[bytes, bytes | None]:
 
 def public_keys_in(directory: Path) -> set[bytes]:
     """Every public key in `directory` (its *.key files); an empty set when it is missing."""
+    return set(named_keys_in(directory))
+
+
+def named_keys_in(directory: Path) -> dict[bytes, str]:
+    """public key -> its file's stem (the name a ZAP handler reports as User-Id) for every
+    *.key in `directory`; empty when it is missing."""
     if not directory.is_dir():
-        return set()
-    return {load_public(p) for p in sorted(directory.glob(f"*{PUBLIC_SUFFIX}"))}
+        return {}
+    return {load_public(p): p.name.removesuffix(PUBLIC_SUFFIX)
+            for p in sorted(directory.glob(f"*{PUBLIC_SUFFIX}"))}
+
+
+def node_public_path(curve_dir: Path, node_id: int) -> Path:
+    return curve_dir / f"{node_key_name(node_id)}{PUBLIC_SUFFIX}"
+
+
+def node_secret_path(curve_dir: Path, node_id: int) -> Path:
+    return curve_dir / f"{node_key_name(node_id)}{SECRET_SUFFIX}"
 
 
 def keygen(directory: Path, name: str) -> tuple[Path, Path]:
@@ -110,3 +125,44 @@ def as_server(socket: zmq.Socket, own: KeyPair, domain: str) -> None:
     socket.curve_publickey = own.public
     socket.curve_server = True
     socket.zap_domain = domain.encode()
+
+
+class ServerKeys:
+    """Which public key each node's client endpoint must present, for a client that dials
+    them (raftctl, the HTTP process's forwarder): known endpoints from the start, and a
+    leader's endpoint learned from a "not_leader" answer that names its id, so a redirect
+    to a node added after the client's cluster file was written still finds its key."""
+
+    def __init__(self, curve_dir: Path, endpoints: dict[str, int]) -> None:
+        self._curve_dir = curve_dir
+        self._ids = {_endpoint(e): node_id for e, node_id in endpoints.items()}
+
+    def learn(self, reply: dict) -> None:
+        """Remember the leader named in a redirect (its endpoint and id)."""
+        leader, leader_id = reply.get("leader"), reply.get("leader_id")
+        if isinstance(leader, str) and leader and type(leader_id) is int and leader_id > 0:
+            self._ids.setdefault(_endpoint(leader), leader_id)
+
+    def key_for(self, endpoint: str) -> bytes:
+        """The endpoint's node public key; KeyFileError names what is missing."""
+        node_id = self._ids.get(_endpoint(endpoint))
+        if node_id is None:
+            raise KeyFileError(f"no CurveZMQ key known for {endpoint} (not a node of the cluster file)")
+        return load_public(node_public_path(self._curve_dir, node_id))
+
+
+def _endpoint(text: str) -> str:
+    address = text.strip().removeprefix("tcp://")
+    return f"tcp://{address.lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCurve:
+    """What a CURVE client of the nodes needs: its own key pair and the nodes' keys."""
+
+    own: KeyPair
+    servers: ServerKeys
+
+    def for_endpoint(self, endpoint: str) -> tuple[KeyPair, bytes]:
+        """(own, the endpoint's server key) for sockets.open_link; KeyFileError if unknown."""
+        return self.own, self.servers.key_for(endpoint)

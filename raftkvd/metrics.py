@@ -112,6 +112,10 @@ class NodeMetrics:
             "Time from a ZeroMQ client request's arrival to its answer.",
             ["op"], buckets=REQUEST_BUCKETS, registry=reg)
         self._client_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._security_rejected = Counter(
+            "raftkvd_security_rejected",
+            "CurveZMQ handshakes refused (a key that is not allowed, or no CURVE at all), by "
+            "endpoint: raft (peer links) or client.", ["endpoint"], registry=reg)
         reg.register(_StatusCollector(snapshot))
 
     def declare_client(self, op: str, code: str) -> None:
@@ -131,6 +135,15 @@ class NodeMetrics:
         children[0].inc()
         if received is not None:
             children[1].observe(time.monotonic() - received)
+
+    def declare_security(self, endpoints: tuple[str, ...]) -> None:
+        """Export each endpoint's refusals at zero, when the node is secured."""
+        for endpoint in endpoints:
+            self._security_rejected.labels(endpoint=endpoint)
+
+    def security_rejected(self, endpoint: str) -> None:
+        """One refused handshake (called from the ZAP thread: prometheus counters lock)."""
+        self._security_rejected.labels(endpoint=endpoint).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric of the node process."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import zmq
 
+from raftkv.curve import ClientCurve, KeyFileError
 from raftkv.frames import FrameError, decode_batch, encode_batch
 from raftkv.routing import Call, Outcome, Route, Router
 from raftkv.sockets import close_link, dropped, open_link
@@ -77,9 +78,11 @@ class _Link:
     taken in. A socket monitor reports a dropped connection, which loses the tries it carried.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, curve: ClientCurve | None = None) -> None:
+        """`curve`: with CurveZMQ, this link's keys; its node's redirects teach it the leader's."""
         self.endpoint = endpoint
-        self.socket, self.monitor = open_link(ctx, endpoint)
+        self.curve = curve
+        self.socket, self.monitor = open_link(ctx, endpoint, _link_keys(curve, endpoint))
         self.pending: dict[int, _Flight] = {}
         """Tries not yet answered nor lost, by id, with the call they belong to."""
         self.sent: set[int] = set()
@@ -158,6 +161,8 @@ class _Link:
         except FrameError:
             return
         for reply in replies:
+            if self.curve is not None:
+                self.curve.servers.learn(reply)
             req_id = reply.get("id")
             flight = self.pending.pop(req_id, None) if type(req_id) is int else None
             if flight is not None:
@@ -290,8 +295,12 @@ class ForwardClient:
         no_leader_wait: float = NO_LEADER_WAIT_S,
         max_in_flight: int = MAX_IN_FLIGHT,
         session_prefix: str | None = None,
+        curve: ClientCurve | None = None,
     ) -> None:
+        """`curve`: the node's own key pair and its key (SPEC §8: the HTTP process's forwarding
+        authenticates like any client)."""
         self.local = local_endpoint
+        self.curve = curve
         self.router = Router([local_endpoint])
         self.deadline = deadline
         self.no_leader_wait = no_leader_wait
@@ -369,7 +378,7 @@ class ForwardClient:
     def link(self, endpoint: str) -> _Link:
         link = self._links.get(endpoint)
         if link is None:
-            link = self._links[endpoint] = _Link(self._ctx, endpoint)
+            link = self._links[endpoint] = _Link(self._ctx, endpoint, self.curve)
         return link
 
     def close(self) -> None:
@@ -378,3 +387,15 @@ class ForwardClient:
         for link in self._links.values():
             link.close()
         self._links.clear()
+
+
+def _link_keys(curve: ClientCurve | None, endpoint: str) -> tuple | None:
+    """The link's CURVE keys; a node whose key is unknown gets a plain link, which it refuses
+    (its tries are lost like a dropped connection's), and one error line."""
+    if curve is None:
+        return None
+    try:
+        return curve.for_endpoint(endpoint)
+    except KeyFileError as exc:
+        log.error("event=forward_key_unknown endpoint=%s error=%s", endpoint, str(exc).replace(" ", "_"))
+        return None

@@ -23,6 +23,7 @@ import uvloop
 import zmq
 
 from raftkv import protocol
+from raftkv.curve import ClientCurve, ServerKeys, load_secret, node_secret_path
 from raftkv.protocol import Code
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import HttpMetrics, Snapshot
@@ -196,12 +197,20 @@ class HttpServer:
             self._started.set()
             loop.close()
 
+    def _curve(self) -> ClientCurve | None:
+        """With CurveZMQ: forward with the node's own key pair, to the node's key (SPEC §8)."""
+        curve_dir = self.security.curve_dir
+        if curve_dir is None:
+            return None
+        own = load_secret(node_secret_path(curve_dir, self.node_id))
+        return ClientCurve(own, ServerKeys(curve_dir, {self.local_client: self.node_id}))
+
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         tls, self._auth = self._security()
         ctx = zmq.Context()
-        forward = ForwardClient(ctx, self.local_client)
+        forward = ForwardClient(ctx, self.local_client, curve=self._curve())
         poller = StatusPoller(forward)
         api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes,
                       self._auth)

@@ -141,7 +141,9 @@ REJECTED_OP = "rejected"
 class ClientEndpoint:
     """Owned by the node's event loop; not thread-safe."""
 
-    def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int) -> None:
+    def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int,
+                 serve: Callable[[zmq.Socket], None] | None = None) -> None:
+        """`serve(socket)` before bind: CurveZMQ, clients' keys only (raftkvd/net/zap.py)."""
         self.max_value_bytes = max_value_bytes
         self.malformed_total = 0
         self._outbox: dict[bytes, list[dict[str, Any]]] = {}
@@ -153,6 +155,8 @@ class ClientEndpoint:
         self.socket.setsockopt(zmq.RCVHWM, HWM)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_FRAME)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if serve is not None:
+            serve(self.socket)
         try:
             self.socket.bind(bind)
         except zmq.ZMQError:

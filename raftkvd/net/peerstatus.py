@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -32,8 +33,12 @@ def unreachable(node_id: int, addresses: dict[str, str]) -> dict[str, Any]:
 class StatusFetcher:
     """Thread-safe: calls are serialized (the node runs them off its loop)."""
 
-    def __init__(self, ctx: zmq.Context, connect_grace: float = CONNECT_GRACE_S) -> None:
+    def __init__(self, ctx: zmq.Context, connect_grace: float = CONNECT_GRACE_S,
+                 dial: Callable[[zmq.Socket, int], bool] | None = None) -> None:
+        """`dial(socket, node id)` before connect: CurveZMQ to that node (False: no key, so
+        the node is listed unreachable)."""
         self._ctx = ctx
+        self._dial = dial
         self._connect_grace = connect_grace
         self._sockets: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
@@ -51,12 +56,15 @@ class StatusFetcher:
         with self._lock:
             self._close_unused(set())
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
+    def _socket(self, endpoint: str, node_id: int) -> zmq.Socket | None:
         sock = self._sockets.get(endpoint)
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            if self._dial is not None and not self._dial(sock, node_id):
+                sock.close(0)
+                return None
             sock.connect(endpoint)
             self._sockets[endpoint] = sock
         return sock
@@ -65,7 +73,8 @@ class StatusFetcher:
         started = time.monotonic()
         deadline = started + timeout
         waiting = {}  # socket -> (node id, request id) once sent
-        unsent = {self._socket(endpoint): node_id for node_id, endpoint in clients.items()}
+        sockets = {node_id: self._socket(endpoint, node_id) for node_id, endpoint in clients.items()}
+        unsent = {sock: node_id for node_id, sock in sockets.items() if sock is not None}
         found: dict[int, dict[str, Any]] = {}
         while (unsent or waiting) and (now := time.monotonic()) < deadline:
             for sock, node_id in list(unsent.items()):

@@ -11,6 +11,10 @@ it learns only from the entries it has yet to receive. It accepts that member's 
 and answers over the connection they came on (the ROUTER routes to the sender's identity),
 so it can catch up from a leader it does not know yet. Such answers arrive on the DEALER
 that carried the request, which `recv_all` drains too.
+
+With CurveZMQ (SPEC §8) the node passes `serve` (the ROUTER accepts only current members'
+keys, raftkvd/net/zap.py) and `dial` (each DEALER expects its peer's key); a peer without a
+usable key gets no link until it has one.
 """
 
 from __future__ import annotations
@@ -62,8 +66,12 @@ class Transport:
         bind_endpoint: str,
         peers: dict[int, str],
         clock: Callable[[], float] = time.monotonic,
+        serve: Callable[[zmq.Socket], None] | None = None,
+        dial: Callable[[zmq.Socket, int], bool] | None = None,
     ) -> None:
-        """`peers` may include this node's own id (the whole cluster); it is skipped."""
+        """`peers` may include this node's own id (the whole cluster); it is skipped.
+        `serve(router)` before bind and `dial(dealer, peer id)` before connect secure the links
+        (False from `dial`: no link to that peer)."""
         self.node_id = node_id
         self.malformed_total = 0
         self.misrouted_total = 0
@@ -78,6 +86,8 @@ class Transport:
         self._dealers: dict[int, zmq.Socket] = {}
         self._endpoints: dict[int, str] = {}
         self._stats: dict[int, PeerStats] = {}
+        self._serve = serve
+        self._dial = dial
         self._router = self._bind_router(bind_endpoint)
         for peer_id, endpoint in peers.items():
             self.add_peer(peer_id, endpoint)
@@ -91,6 +101,8 @@ class Transport:
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # An answer to a sender that is not connected fails at once (EHOSTUNREACH), counted.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self._serve is not None:
+            self._serve(router)
         try:
             router.bind(endpoint)
         except zmq.ZMQError:
@@ -130,6 +142,9 @@ class Transport:
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        if self._dial is not None and not self._dial(dealer, peer_id):
+            dealer.close()
+            return
         dealer.connect(endpoint)
         self._dealers[peer_id] = dealer
         self._endpoints[peer_id] = endpoint

@@ -26,8 +26,10 @@ from ..http.process import HttpProcess
 from ..kv.statemachine import KVStateMachine
 from ..metrics import NodeMetrics, Snapshot
 from ..net.clientendpoint import ClientEndpoint, Request
+from ..net.nodekeys import NodeKeys
 from ..net.peerstatus import StatusFetcher
 from ..net.transport import Transport
+from ..net.zap import CLIENT_DOMAIN, RAFT_DOMAIN, Gate
 from ..raft import RaftConfig
 from ..raft.messages import NONE, ConfState, StateRole
 from ..settings import Settings
@@ -113,11 +115,19 @@ class Node:
             # node joins a running cluster: then the leader's snapshot brings the membership.
             founders = settings.cluster.addresses()
             self.sm.bootstrap(ConfState(frozenset(founders)), founders)
-        self.transport = _bind_retrying(lambda: Transport(self.ctx, self.id, raft_bind, {}))
-        self.client = _bind_retrying(
-            lambda: ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes))
         self.published: Snapshot | None = None
         self.metrics = NodeMetrics(lambda: self.published)
+        self.gate, keys = self._secure(settings)
+        serve_raft = serve_client = dial = None
+        if self.gate is not None and keys is not None:
+            serve_raft = functools.partial(self.gate.serve, domain=RAFT_DOMAIN)
+            serve_client = functools.partial(self.gate.serve, domain=CLIENT_DOMAIN)
+            dial = keys.dial
+        self.transport = _bind_retrying(lambda: Transport(self.ctx, self.id, raft_bind, {},
+                                                          serve=serve_raft, dial=dial))
+        self.client = _bind_retrying(
+            lambda: ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes,
+                                   serve=serve_client))
         self.client.observer = self.metrics.observe_client
         for op in Op:
             self.metrics.declare_client(op.value, Code.OK.value)
@@ -131,12 +141,30 @@ class Node:
             read_lease=settings.cluster.read_lease)
         self.background = Background(self.ctx, self.id)
         self.backups = Backups(self.env, self.sm, self.id)
-        self.statuses = StatusFetcher(self.ctx)
+        self.statuses = StatusFetcher(self.ctx, dial=dial)
+        if self.gate is not None:
+            self.gate.start()
         self._stopping = False
         self._reload_requested = False
         self._handoff_deadline: float | None = None
         self._removed_deadline: float | None = None
         self._next_publish = 0.0
+
+    def _secure(self, settings: Settings) -> tuple[Gate | None, NodeKeys | None]:
+        """With [security] curve_dir: the node's keys and its ZAP handler (SPEC §8); the
+        handler starts with the cluster file's nodes and then follows the membership."""
+        self._founder_ids = frozenset(settings.cluster.addresses())
+        curve_dir = settings.cluster.security.curve_dir
+        if curve_dir is None:
+            return None, None
+        keys = NodeKeys(curve_dir, self.id)
+        self.metrics.declare_security((RAFT_DOMAIN, CLIENT_DOMAIN))
+        return Gate(self.ctx, keys, self._founder_ids, self.metrics.security_rejected), keys
+
+    def _follow_membership(self) -> None:
+        """Let in exactly the current members' keys (a set comparison when unchanged)."""
+        if self.gate is not None:
+            self.gate.follow(self.replica.membership.member_ids or self._founder_ids)
 
     # ==== the loop ===============================================================================
     def stop(self) -> None:
@@ -171,6 +199,7 @@ class Node:
                 self._receive()
                 next_tick = self._tick(next_tick, tick_s)
                 self.replica.end_turn()
+                self._follow_membership()
                 self.client.flush()
                 if not http_ready and self.http.poll_ready():
                     http_ready = True
@@ -188,6 +217,8 @@ class Node:
     def _reload(self) -> None:
         """Re-read the cluster file and apply what may change at run time (reload.py decides)."""
         self._reload_requested = False  # first: a SIGHUP during this reload asks for another
+        if self.gate is not None:
+            self.gate.reload_clients()  # keys in curve_dir/clients/, whatever the file says
         log.debug("node=%d event=reload_requested config=%s", self.id, self.settings.config_path)
         outcome = reload.reread(self.settings)
         if outcome is None:
@@ -305,5 +336,7 @@ class Node:
         self.statuses.close()
         self.transport.close()
         self.client.close()
+        if self.gate is not None:
+            self.gate.close()
         self.env.close()
         log.info("node=%d event=stopped", self.id)

@@ -169,7 +169,8 @@ class FakeClient:
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
     state = FakeCluster()
-    monkeypatch.setattr(cli, "Client", lambda endpoints, timeout: FakeClient(state, endpoints, timeout))
+    monkeypatch.setattr(cli, "Client",
+                        lambda endpoints, timeout, **_: FakeClient(state, endpoints, timeout))
     return state
 
 

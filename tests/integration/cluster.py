@@ -23,6 +23,7 @@ import zmq
 from helpers import free_port
 
 from raftctl import Client
+from raftkv.curve import ClientCurve, KeyPair, as_client
 from raftkv.frames import FrameError, decode_client, encode_client
 
 HOST = "127.0.0.1"
@@ -98,11 +99,15 @@ def wait_for(
 
 
 def raw_request(
-    ctx: zmq.Context, endpoint: str, request: dict[str, Any], timeout: float = STATUS_TIMEOUT_S
+    ctx: zmq.Context, endpoint: str, request: dict[str, Any], timeout: float = STATUS_TIMEOUT_S,
+    curve: tuple[KeyPair, bytes] | None = None,
 ) -> dict[str, Any] | None:
-    """One client-protocol exchange on a fresh DEALER; None on silence or garbage."""
+    """One client-protocol exchange on a fresh DEALER; None on silence or garbage.
+    `curve`: (own key pair, the node's public key) for a node with [security] curve_dir."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        as_client(sock, *curve)
     try:
         sock.connect(endpoint)
         req_id = int(time.monotonic_ns() & 0x7FFFFFFF)
@@ -182,6 +187,8 @@ class ProcCluster:
         self.paused: set[int] = set()
         self.ctx = zmq.Context()
         self._clients: list[Client] = []
+        self.curve: ClientCurve | None = None
+        """Set by a test that secures the cluster: the harness's own requests and clients use it."""
         ProcCluster.live.add(self)
 
     def _new_spec(self) -> NodeSpec:
@@ -378,14 +385,16 @@ class ProcCluster:
 
     def client(self, endpoints: list[str] | None = None, timeout: float = 5.0, **kw: Any) -> Client:
         """A raftctl.Client (closed at teardown) for `endpoints` (default: every node)."""
-        client = Client(endpoints or self.endpoints(), timeout=timeout, **kw)
+        client = Client(endpoints or self.endpoints(), timeout=timeout, **({"curve": self.curve} | kw))
         self._clients.append(client)
         return client
 
     def request(self, node_id: int, request: dict[str, Any], timeout: float = STATUS_TIMEOUT_S
                 ) -> dict[str, Any] | None:
         """A raw client-protocol request to one node; None when it does not answer."""
-        return raw_request(self.ctx, self.specs[node_id].client, request, timeout)
+        spec = self.specs[node_id]
+        curve = None if self.curve is None else self.curve.for_endpoint(spec.client)
+        return raw_request(self.ctx, spec.client, request, timeout, curve)
 
     def ok_reply(self, node_id: int, op: str, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any] | None:
         """The node's `ok` reply to the argument-less request `op`; None when it is down, paused,
