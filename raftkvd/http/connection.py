@@ -52,6 +52,9 @@ class Request:
     body: bytes = b""
     received: float = 0.0
     """time.monotonic() once the request was parsed (traced writes report it)."""
+    client: str = ""
+    """Who is asking, the key of its rate limit (rest.py): "addr:IP" from the connection's
+    peer address; an authenticated request may set its own (e.g. "token:NAME")."""
 
 
 @dataclass(slots=True)
@@ -95,6 +98,14 @@ def serialize(response: Response, head_only: bool = False) -> bytes:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def peer_client(transport: asyncio.BaseTransport) -> str:
+    """"addr:IP" of the connection's peer (its port left out: one client, many connections);
+    "addr:" with no IP known (a Unix socket, a peer already gone)."""
+    peer = transport.get_extra_info("peername")
+    host = peer[0] if isinstance(peer, tuple) and peer else ""
+    return f"addr:{host}"
+
+
 class Limits:
     """What the application lets a connection carry."""
 
@@ -119,11 +130,13 @@ class HttpConnection(asyncio.Protocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._paused = False
+        self._client = ""
         self._reset_request()
 
     # ---- the connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._client = peer_client(self._transport)
         self._connections.add(self)
         self._arm_idle()
 
@@ -209,7 +222,7 @@ class HttpConnection(asyncio.Protocol):
         target = self._target.decode("latin-1")
         path, query = self._split(target)
         request = Request(self._parser.get_method().decode("latin-1"), target, path, query,
-                          self._headers, bytes(self._body), time.monotonic())
+                          self._headers, bytes(self._body), time.monotonic(), self._client)
         self._queue.append((request, self._parser.should_keep_alive()))
         if len(self._queue) >= MAX_PIPELINED and self._transport is not None and not self._paused:
             self._paused = True

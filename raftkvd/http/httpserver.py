@@ -25,7 +25,8 @@ from raftkv import protocol
 from raftkv.protocol import Code
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import HttpMetrics, Snapshot
-from raftkvd.settings import NO_SECURITY, SecuritySettings
+from raftkvd.ratelimit import RateLimiter
+from raftkvd.settings import NO_LIMITS, NO_SECURITY, LimitsSettings, SecuritySettings
 
 from .connection import HttpConnection, Limits
 from .forward import ForwardClient
@@ -84,8 +85,10 @@ class HttpServer:
         name: str = "raftkvd-http",
         node_id: int = 0,
         security: SecuritySettings = NO_SECURITY,
+        limits: LimitsSettings = NO_LIMITS,
     ) -> None:
-        """`node_id`, `security`: the node this server fronts and its [security] settings."""
+        """`node_id`, `security`, `limits`: the node this server fronts and its [security]
+        and [limits] settings."""
         self.address = address
         self.node_id = node_id
         self.security = security
@@ -100,6 +103,8 @@ class HttpServer:
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._limits: tuple[RestApi, Limits] | None = None
+        self.limiter = RateLimiter(limits.client_rate, limits.burst)
+        """REST clients' buckets; only the server's loop touches them (set_limits)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -131,6 +136,16 @@ class HttpServer:
             with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to serve
                 loop.call_soon_threadsafe(self._apply_max_value_bytes)
 
+    def set_limits(self, limits: LimitsSettings) -> None:
+        """Safe from any thread (a reload): the buckets take the new rate and burst on the
+        server's loop, between two requests."""
+        loop = self._loop
+        if loop is None:
+            self.limiter.configure(limits.client_rate, limits.burst)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.limiter.configure, limits.client_rate, limits.burst)
+
     def _apply_max_value_bytes(self) -> None:
         """On the server's loop, so that no request sees one limit half changed."""
         if self._limits is not None:
@@ -158,7 +173,8 @@ class HttpServer:
         ctx = zmq.Context()
         forward = ForwardClient(ctx, self.local_client)
         poller = StatusPoller(forward)
-        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes)
+        api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes,
+                      self.limiter, frozenset(self.security.open_paths))
         limits = Limits(api.body_limit, BadRequestLog())
         self._limits = (api, limits)
         connections: set[HttpConnection] = set()
