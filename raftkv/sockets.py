@@ -17,9 +17,13 @@ from .frames import MAX_CLIENT_FRAME_BYTES
 HWM = 10_000
 
 
-def open_link(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
-    """(the DEALER connected to `endpoint`, its monitor of dropped connections)."""
+def open_link(ctx: zmq.Context, endpoint: str,
+              routing_id: bytes | None = None) -> tuple[zmq.Socket, zmq.Socket]:
+    """(the DEALER connected to `endpoint`, its monitor of dropped connections);
+    `routing_id`: how the node's ROUTER names this connection (default: a random one)."""
     socket = ctx.socket(zmq.DEALER)
+    if routing_id is not None:
+        socket.setsockopt(zmq.ROUTING_ID, routing_id)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.IMMEDIATE, 1)
     socket.setsockopt(zmq.SNDHWM, HWM)
