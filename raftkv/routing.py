@@ -172,7 +172,7 @@ class Call:
             return []
         self._mark(endpoint, _State.ANSWERED)
         code = reply.get("code")
-        if code == Code.RATE_LIMITED.value and self.route is not Route.NODE:
+        if code == Code.RATE_LIMITED.value:
             return self._rate_limited(endpoint, reply, now)
         self._limited = None  # a newer answer: no longer the one to report
         retry = _RETRY_IDEMPOTENT if self.idempotent else _RETRY_ALWAYS
@@ -217,7 +217,7 @@ class Call:
             else:
                 self.outcome = Outcome.NO_LEADER if self._no_leader_since is not None else Outcome.TIMEOUT
             return []
-        if self.route is Route.NODE:
+        if self.route is Route.NODE and self._limited_by is None:
             return []
         if self._retry_at is None:
             if self.idempotent and not self._hedged and self._waiting_since(now) >= self._hedge_after:

@@ -179,7 +179,7 @@ class ClientEndpoint:
     def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int,
                  limiter: RateLimiter | None = None) -> None:
         self.max_value_bytes = max_value_bytes
-        self.limiter = limiter or RateLimiter(None, 0)
+        self.limiter = limiter if limiter is not None else RateLimiter(None, 0)
         self.user_ids = False
         """Clients authenticate (CurveZMQ): frames are received uncopied, for their User-Id."""
         self.on_rate_limited: Callable[[], None] | None = None

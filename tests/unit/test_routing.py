@@ -225,3 +225,12 @@ def test_a_call_still_rate_limited_at_its_deadline_answers_rate_limited() -> Non
             c.answered(endpoint, RATE_LIMITED, now)
     assert c.outcome is Outcome.DONE and c.reply == RATE_LIMITED
     assert now == DEADLINE and c.rate_limited >= DEADLINE / 0.3 - 1
+
+
+def test_a_call_to_one_node_waits_out_its_rate_limit_too() -> None:
+    c = call(route=Route.NODE, target=B)
+    assert sent(c, c.start()) == [B]
+    assert c.answered(B, RATE_LIMITED, 0.0) == []
+    assert not c.done
+    assert c.due(0.3) == [B]
+    assert c.answered(B, OK, 0.4) == [] and c.reply == OK
