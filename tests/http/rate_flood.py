@@ -4,8 +4,8 @@ the test process's interpreter lock with the client whose latency the test measu
     python rate_flood.py PORT SECONDS MAX_REQUESTS
 
 GETs one key as fast as one keep-alive connection from 127.0.0.1 allows, for at most SECONDS
-and MAX_REQUESTS; prints "flooding" once its first 429 came back, then one JSON line: the
-count of answers per status, and one 429's Retry-After and body.
+and MAX_REQUESTS, or until SIGINT; prints "flooding" once its first 429 came back, then one
+JSON line: the count of answers per status, and one 429's Retry-After and body.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def flood(port: int, seconds: float, max_requests: int) -> dict[str, object]:
             if response.status == 429 and not sample:
                 sample = {"retry_after": response.headers.get("Retry-After"), "body": body.decode()}
                 print("flooding", flush=True)
+    except KeyboardInterrupt:  # the test is done measuring
+        pass
     finally:
         connection.close()
     return {"statuses": {str(k): v for k, v in statuses.items()}, **sample}

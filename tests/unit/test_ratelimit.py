@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from raftkvd.net.clientendpoint import FORWARDER_PREFIX, client_key
 from raftkvd.ratelimit import OVERFLOW, RateLimiter, retry_after_header
 
 
@@ -103,3 +104,16 @@ def test_reconfiguring_keeps_buckets_but_caps_them_at_the_new_burst(clock: FakeC
     assert _allowed(limiter, "a", 5) == 2
     clock.now += 0.25
     assert _allowed(limiter, "a", 5) == 2
+
+
+def test_native_clients_are_keyed_by_curve_key_else_by_connection() -> None:
+    assert client_key(b"\x00\x01", "ops") == "key:ops"
+    assert client_key(b"\x00\x01", None) == "conn:0001"
+    assert client_key(b"\x00\x02", None) != client_key(b"\x00\x01", None)
+
+
+def test_the_nodes_http_processes_are_exempt_from_the_native_limit() -> None:
+    assert client_key(b"anything", "node3") is None, "a node's own Curve key"
+    assert client_key(FORWARDER_PREFIX + b"abc", None) is None, "a forwarder without Curve"
+    assert client_key(FORWARDER_PREFIX + b"abc", "ops") == "key:ops", "with Curve, the key decides"
+    assert client_key(b"x", "node3x") == "key:node3x"
