@@ -159,7 +159,7 @@ def client_key(identity: bytes, user_id: str | None) -> str | None:
     return f"conn:{identity.hex()}"
 
 
-def _user_id(frames: list[zmq.Frame]) -> str | None:
+def user_id_of(frames: list[zmq.Frame]) -> str | None:
     """The ZAP User-Id the frames arrived with (None without one)."""
     try:
         return frames[-1].get(USER_ID) if frames else None
@@ -208,7 +208,7 @@ class ClientEndpoint:
         while len(requests) < max_n and readable(self.socket):
             if self.user_ids:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                self._parse([frame.bytes for frame in frames], requests, _user_id(frames))
+                self._parse([frame.bytes for frame in frames], requests, user_id_of(frames))
             else:
                 self._parse(self.socket.recv_multipart(zmq.NOBLOCK), requests)
         return requests
