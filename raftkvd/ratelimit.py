@@ -93,6 +93,11 @@ class RateLimiter:
             del buckets[key]
 
 
+def refusal(rate: float | None, wait: float) -> str:
+    """The error of a refused request, the same at both doors."""
+    return f"rate limited: over {rate:g} requests/s, retry in {wait:.3f}s"
+
+
 def retry_after_header(seconds: float) -> str:
     """Retry-After in whole seconds, at least 1 (RFC 9110 §10.2.3 allows no fractions)."""
     return str(max(1, math.ceil(seconds)))

@@ -36,6 +36,7 @@ BODY_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 10.0
 MAX_PIPELINED = 64
 RETRY_AFTER_S = "1"
+RETRY_STATUSES = frozenset({429, 503})
 JSON_TYPE = "application/json"
 
 
@@ -69,9 +70,9 @@ class Response:
 
 def json_response(data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None,
                   close: bool = False) -> Response:
-    """A JSON answer; every 503 also says when to retry."""
+    """A JSON answer; every 503 and 429 also says when to retry (1 s unless told)."""
     extra = list(headers or [])
-    if status == 503:
+    if status in RETRY_STATUSES and all(name != "Retry-After" for name, _ in extra):
         extra.append(("Retry-After", RETRY_AFTER_S))
     return Response(status, json.dumps(data, ensure_ascii=False).encode(), JSON_TYPE, extra, close)
 

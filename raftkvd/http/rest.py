@@ -22,7 +22,7 @@ from raftkv.protocol import Code
 from raftkvd.errors import Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from raftkvd.metrics import HttpMetrics, Snapshot
-from raftkvd.ratelimit import RateLimiter, retry_after_header
+from raftkvd.ratelimit import RateLimiter, refusal, retry_after_header
 
 from .connection import JSON_TYPE, Request, Response, error_response, json_response
 from .forward import ForwardClient, NoLeader
@@ -146,9 +146,8 @@ class RestApi:
             return None
         if self.metrics is not None:
             self.metrics.rate_limited += 1
-        return json_response({"error": f"rate limited: over {limiter.rate:g} requests/s, "
-                                       f"retry in {wait:.2f}s"},
-                             429, [("Retry-After", retry_after_header(wait))])
+        return json_response({"error": refusal(limiter.rate, wait)}, 429,
+                             [("Retry-After", retry_after_header(wait))])
 
     async def _answer(self, request: Request, methods: dict[str, Handler] | None) -> Response:
         if methods is None:

@@ -32,7 +32,7 @@ from raftkv import protocol
 from raftkv.frames import FrameError, decode_batch, encode_batch, encode_client
 from raftkv.protocol import Code, Op
 from raftkv.sockets import readable
-from raftkvd.ratelimit import RateLimiter
+from raftkvd.ratelimit import RateLimiter, refusal
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,7 @@ class ClientEndpoint:
         if not wait:
             return False
         self.reply(identity, req_id, {"code": Code.RATE_LIMITED.value, "retry_after": wait,
-                                      "error": f"rate limited: over {self.limiter.rate:g} "
-                                               f"requests/s, retry in {wait:.3f}s"}, batched)
+                                      "error": refusal(self.limiter.rate, wait)}, batched)
         if self.on_rate_limited is not None:
             self.on_rate_limited()
         if self.observer is not None:
