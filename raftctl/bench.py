@@ -46,15 +46,15 @@ def bench_key(i: int, size: int) -> str:
 
 def bench_result(op: str, clients: int, latencies: list[float], seconds: float) -> dict[str, Any]:
     """ops/s over the wall time, and nearest-rank latency percentiles in milliseconds."""
-    ordered = sorted(latencies)
+    ordered = sorted(latencies) or [0.0]  # every operation rate limited: no latency to show
     latency_ms = {f"p{p}": _percentile(ordered, p) * 1000 for p in BENCH_PERCENTILES}
     latency_ms["max"] = ordered[-1] * 1000
     return {
         "op": op,
         "clients": clients,
-        "ops": len(ordered),
+        "ops": len(latencies),
         "seconds": seconds,
-        "ops_per_sec": len(ordered) / seconds if seconds > 0 else 0.0,
+        "ops_per_sec": len(latencies) / seconds if seconds > 0 else 0.0,
         "latency_ms": latency_ms,
     }
 
@@ -83,6 +83,12 @@ class LoadRun:
         self.make_request = make_request
         self.on_done = on_done
         self.latencies: list[float] = []
+        self.rate_limited = 0
+        """rate_limited answers (SPEC §8 [limits]): each was retried after its retry_after."""
+        self.gave_up = 0
+        """Operations still rate limited when their timeout ran out (not in `latencies`)."""
+        self.seconds = 0.0
+        """Wall time of the run."""
         self.router = Router([normalize_endpoint(e) for e in endpoints])
         self.links = Links(zmq.Context.instance(), curve)
         self.clients = [_SimClient(list(range(n, count, clients))) for n in range(min(clients, count))]
@@ -96,7 +102,8 @@ class LoadRun:
                 self.links.poll(POLL_S)
         finally:
             self.links.close()
-        return self.latencies, time.perf_counter() - started
+        self.seconds = time.perf_counter() - started
+        return self.latencies, self.seconds
 
     def _next(self, client: _SimClient) -> None:
         if not client.ops:
@@ -113,11 +120,16 @@ class LoadRun:
 
     def _finished(self, client: _SimClient, call: Call) -> None:
         reply = call.reply
+        self.rate_limited += call.rate_limited
         if call.outcome is not Outcome.DONE or reply is None:
             raise Unavailable(f"no answer from the cluster within {self.timeout}s ({call.last_error})")
         code = reply.get("code")
         if code in (Code.OK.value, Code.NOT_FOUND.value):
             self.latencies.append(time.perf_counter() - client.started)
+            self.on_done(1)
+            self._next(client)
+        elif code == Code.RATE_LIMITED.value:  # over the limit for a whole timeout: count it, go on
+            self.gave_up += 1
             self.on_done(1)
             self._next(client)
         elif code in _REJECTED:

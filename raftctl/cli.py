@@ -445,22 +445,25 @@ def bench(
 
     if op == "get":
         _run_load(settings, clients, keys, put_request, "writing keys")
-    latencies, seconds = _run_load(settings, clients, total,
-                                   get_request if op == "get" else put_request, f"bench {op}")
-    result = bench_result(op, min(clients, total), latencies, seconds)
-    render.print_bench({**result, "key_size": key_size, "value_size": value_size}, settings.output)
+    run = _run_load(settings, clients, total, get_request if op == "get" else put_request,
+                    f"bench {op}")
+    result = bench_result(op, min(clients, total), run.latencies, run.seconds)
+    render.print_bench({**result, "key_size": key_size, "value_size": value_size,
+                        "rate_limited": run.rate_limited, "rate_limited_gave_up": run.gave_up},
+                       settings.output)
 
 
 def _run_load(
     settings: Settings, clients: int, count: int, make_request: RequestMaker, label: str
-) -> tuple[list[float], float]:
+) -> LoadRun:
     """Run `count` operations over `clients` sessions with a progress bar on stderr."""
     progress = _progress()
     task = progress.add_task(label, total=count)
     with progress:
         run = LoadRun(settings.endpoints, settings.timeout, clients, count, make_request,
                       on_done=lambda n: progress.advance(task, n), curve=settings.curve)
-        return run.run()
+        run.run()
+        return run
 
 
 def _progress() -> Progress:

@@ -22,6 +22,7 @@ from raftctl.errors import (
     InvalidRequest,
     KeyNotFound,
     RaftCtlError,
+    RateLimited,
     RequestRejected,
     Unavailable,
     UsageError,
@@ -265,6 +266,8 @@ def _check_reply(reply: Reply, request: Reply) -> Reply:
     if code == Code.COMPARE_FAILED:
         current = reply.get("value")
         raise CompareFailed(str(request.get("key", "")), None if current is None else str(current))
+    if code == Code.RATE_LIMITED:
+        raise RateLimited(f"{error} (still over the limit when the timeout ran out)")
     if code == Code.INVALID:
         raise InvalidRequest(f"invalid request: {error}")
     if code in _REJECT_CODES:

@@ -45,6 +45,11 @@ class Unavailable(RaftCtlError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class RateLimited(Unavailable):
+    """This client stayed over its rate limit ([limits]) for the whole timeout (exit 3, as
+    for an unavailable cluster: retrying later will succeed)."""
+
+
 class RequestRejected(RaftCtlError):
     """The cluster refused the request (too large, disk full, invalid); retrying won't help."""
 

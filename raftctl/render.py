@@ -187,6 +187,9 @@ def print_bench(result: dict[str, Any], output: str) -> None:
             f"{result['op']}: {result['ops']} ops in {result['seconds']:.2f} s with "
             f"{result['clients']} clients: {result['ops_per_sec']:.1f} ops/s",
             "latency ms: " + "  ".join(f"{name} {value:.2f}" for name, value in latency.items()),
+            *([f"rate limited: {result['rate_limited']} answers (retried), "
+               f"{result['rate_limited_gave_up']} ops gave up"]
+              if result.get("rate_limited") else []),
         ]
     )
 

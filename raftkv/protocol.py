@@ -38,7 +38,8 @@ Codes a client retries elsewhere: not_leader (with the leader's endpoint when kn
 no_leader (the node knows none: an election, no quorum, or it was removed); the request did
 not run. unavailable: it ran into a transient failure (leadership changed before the entry
 committed, a transfer that did not finish): session-numbered writes and reads may be
-retried, an administrative request reports it.
+retried, an administrative request reports it. rate_limited: the client is over its
+[limits] rate (the request did not run); retry the same node after `retry_after` seconds.
 """
 
 from __future__ import annotations
@@ -84,3 +85,6 @@ class Code(enum.StrEnum):
     TOO_LARGE = "too_large"
     NO_SPACE = "no_space"
     INTERNAL = "internal"
+    RATE_LIMITED = "rate_limited"
+    """The client is over its [limits] rate; the request did not run. The answer carries
+    retry_after (seconds, float): when the client's next request would be taken."""

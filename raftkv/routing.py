@@ -16,6 +16,9 @@ The rules, so that a dead or paused minority costs no more than one round trip:
 - "not_leader" with a hint is followed at once (a bounded number of times per round);
   "no_leader" and lost tries end the round, and the next one starts after an exponential
   backoff, so an election is waited out rather than hammered.
+- "rate_limited" (the client is over its rate at that node; the request did not run) is
+  retried at the same node once its `retry_after` has passed, whatever the call; if the
+  deadline comes first, that answer is the call's answer (the client reports it).
 - Non-idempotent calls (leadership transfer, membership changes) are never hedged nor
   repeated after silence: only an explicit "no_leader" or a lost connection (the request
   did not run) starts another round. Their "unavailable" answers are final.
@@ -138,6 +141,11 @@ class Call:
     _backoff: float = BACKOFF_START_S
     _retry_at: float | None = None
     _no_leader_since: float | None = None
+    rate_limited: int = 0
+    """rate_limited answers this call was given (each one retried)."""
+    _limited: Reply | None = None
+    """The last rate_limited answer, while its node is the one to retry."""
+    _limited_by: str | None = None
 
     def __post_init__(self) -> None:
         # A short call still gets a second round: silence counts after a third of it.
@@ -164,6 +172,9 @@ class Call:
             return []
         self._mark(endpoint, _State.ANSWERED)
         code = reply.get("code")
+        if code == Code.RATE_LIMITED.value:
+            return self._rate_limited(endpoint, reply, now)
+        self._limited = None  # a newer answer: no longer the one to report
         retry = _RETRY_IDEMPOTENT if self.idempotent else _RETRY_ALWAYS
         if self.route is Route.NODE or code not in retry:
             self.outcome, self.reply = Outcome.DONE, reply
@@ -188,6 +199,7 @@ class Call:
         if self.outcome is not Outcome.PENDING:
             return []
         self._mark(endpoint, _State.LOST)
+        self._limited = None
         self.router.forget(endpoint)
         self.last_error = f"{endpoint} did not answer"
         if self.route is Route.NODE:
@@ -200,9 +212,12 @@ class Call:
         if self.outcome is not Outcome.PENDING:
             return []
         if now >= self.deadline:
-            self.outcome = Outcome.NO_LEADER if self._no_leader_since is not None else Outcome.TIMEOUT
+            if self._limited is not None:
+                self.outcome, self.reply = Outcome.DONE, self._limited
+            else:
+                self.outcome = Outcome.NO_LEADER if self._no_leader_since is not None else Outcome.TIMEOUT
             return []
-        if self.route is Route.NODE:
+        if self.route is Route.NODE and self._limited_by is None:
             return []
         if self._retry_at is None:
             if self.idempotent and not self._hedged and self._waiting_since(now) >= self._hedge_after:
@@ -239,10 +254,26 @@ class Call:
             known.append(self.router.leader)
         return known
 
+    def _rate_limited(self, endpoint: str, reply: Reply, now: float) -> list[str]:
+        """Come back to the same node once it will take the request (the leader stays known)."""
+        self.last_error = f"{endpoint}: {reply.get('error') or Code.RATE_LIMITED.value}"
+        self.rate_limited += 1
+        self._limited, self._limited_by = reply, endpoint
+        wait = reply.get("retry_after")
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 < wait < math.inf:
+            wait = self._backoff
+        self._retry_at = min(self.deadline, now + max(wait, BACKOFF_START_S))
+        return []
+
     def _new_round(self) -> list[str]:
-        """The remembered leader alone on the first round; every endpoint after a failure."""
+        """The remembered leader alone on the first round, the node that rate limited us
+        after that; every endpoint after another failure."""
         first_round = not self._tries and self._retry_at is None
+        limited_by, self._limited_by = self._limited_by, None
         self._tries, self._redirects, self._hedged, self._retry_at = {}, 0, False, None
+        if limited_by is not None:
+            self._hedged = True  # a node that answered is not silent: no hedging
+            return self._send([limited_by])
         if first_round and self.router.leader is not None:
             return self._send([self.router.leader])
         self._hedged = True  # asking everyone already

@@ -26,12 +26,16 @@ HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_F
 
 
 def open_link(ctx: zmq.Context, endpoint: str,
-              curve: tuple[KeyPair, bytes] | None = None) -> tuple[zmq.Socket, zmq.Socket]:
+              curve: tuple[KeyPair, bytes] | None = None,
+              routing_id: bytes | None = None) -> tuple[zmq.Socket, zmq.Socket]:
     """(the DEALER connected to `endpoint`, its monitor of dropped connections and refused
-    handshakes). `curve`: (own key pair, the server's public key) for a secured node."""
+    handshakes). `curve`: (own key pair, the server's public key) for a secured node;
+    `routing_id`: how the node's ROUTER names this connection (default: a random one)."""
     socket = ctx.socket(zmq.DEALER)
     if curve is not None:
         as_client(socket, *curve)
+    if routing_id is not None:
+        socket.setsockopt(zmq.ROUTING_ID, routing_id)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.IMMEDIATE, 1)
     socket.setsockopt(zmq.SNDHWM, HWM)

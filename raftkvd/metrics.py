@@ -34,6 +34,10 @@ DISK_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 
 RTT_BUCKETS = (0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512,
                0.1024, 0.2048, 0.4096, 0.8192, 1.6384)
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RATE_LIMITED = "raftkvd_rate_limited"
+RATE_LIMITED_HELP = "Requests refused because their client was over its [limits] rate."
+ENDPOINT_REST = "rest"
+ENDPOINT_CLIENT = "client"
 HEARTBEAT_STALE_S = 2.0
 """A heartbeat unanswered for this long was lost: the next one starts a new measurement."""
 
@@ -116,6 +120,10 @@ class NodeMetrics:
             "raftkvd_security_rejected",
             "CurveZMQ handshakes refused (a key that is not allowed, or no CURVE at all), by "
             "endpoint: raft (peer links) or client.", ["endpoint"], registry=reg)
+        self.rate_limited = Counter(RATE_LIMITED, RATE_LIMITED_HELP, ["endpoint"],
+                                    registry=reg).labels(endpoint=ENDPOINT_CLIENT)
+        """Native requests refused by the client endpoint's limiter (the HTTP process adds
+        endpoint="rest" to this family on /metrics: `with_rest_rate_limited`)."""
         reg.register(_StatusCollector(snapshot))
 
     def declare_client(self, op: str, code: str) -> None:
@@ -163,6 +171,9 @@ class HttpMetrics:
             "raftkvd_http_request_duration_seconds", "Time to answer a REST API request.",
             ["method", "route"], buckets=REQUEST_BUCKETS, registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.rate_limited = 0
+        """REST requests answered 429; exported inside the node's family (one name, one
+        family: a second HELP/TYPE of the same name would not parse)."""
 
     def declare(self, method: str, route: str, code: int) -> None:
         """Export (method, route, code) at zero before its first request."""
@@ -184,6 +195,19 @@ class HttpMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def with_rest_rate_limited(self, node_text: bytes) -> bytes:
+        """The node's exposition with this process's endpoint="rest" sample placed in the
+        node's raftkvd_rate_limited family (or the family on its own if the node has none)."""
+        sample = f'{RATE_LIMITED}_total{{endpoint="{ENDPOINT_REST}"}} {float(self.rate_limited)}'
+        lines = node_text.split(b"\n")
+        prefix = f"{RATE_LIMITED}_total{{".encode()
+        for at, line in enumerate(lines):
+            if line.startswith(prefix):
+                lines.insert(at + 1, sample.encode())
+                return b"\n".join(lines)
+        family = f"# HELP {RATE_LIMITED}_total {RATE_LIMITED_HELP}\n# TYPE {RATE_LIMITED}_total counter\n"
+        return node_text + (family + sample + "\n").encode()
 
 
 class _StatusCollector:

@@ -150,6 +150,10 @@ class LimitsSettings:
         return float(self.client_burst) if self.client_burst is not None else max(1.0, 2 * self.client_rate)
 
 
+NO_LIMITS = LimitsSettings()
+"""No rate limit (a file without [limits])."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
     nodes: tuple[NodeSettings, ...]
@@ -166,7 +170,7 @@ class ClusterSettings:
     """The file's `log_level`, upper case; None when the file has none. Flags and the
     environment override it: Settings.log_level is the level a node runs with."""
     security: SecuritySettings = NO_SECURITY
-    limits: LimitsSettings = LimitsSettings()
+    limits: LimitsSettings = NO_LIMITS
 
     def node(self, node_id: int) -> NodeSettings:
         """The node with `node_id`; KeyError when it is not in the file."""

@@ -36,6 +36,7 @@ BODY_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 10.0
 MAX_PIPELINED = 64
 RETRY_AFTER_S = "1"
+RETRY_STATUSES = frozenset({429, 503})
 JSON_TYPE = "application/json"
 
 
@@ -53,8 +54,8 @@ class Request:
     received: float = 0.0
     """time.monotonic() once the request was parsed (traced writes report it)."""
     client: str = ""
-    """Who sent it, for per-client limits: "addr:IP" from the connection, "token:NAME" once
-    its bearer token is checked (auth.py)."""
+    """Who sent it, the key of its rate limit (rest.py): "addr:IP" from the connection,
+    "token:NAME" once its bearer token is checked (auth.py)."""
 
 
 @dataclass(slots=True)
@@ -69,9 +70,9 @@ class Response:
 
 def json_response(data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None,
                   close: bool = False) -> Response:
-    """A JSON answer; every 503 also says when to retry."""
+    """A JSON answer; every 503 and 429 also says when to retry (1 s unless told)."""
     extra = list(headers or [])
-    if status == 503:
+    if status in RETRY_STATUSES and all(name != "Retry-After" for name, _ in extra):
         extra.append(("Retry-After", RETRY_AFTER_S))
     return Response(status, json.dumps(data, ensure_ascii=False).encode(), JSON_TYPE, extra, close)
 
@@ -96,6 +97,14 @@ def serialize(response: Response, head_only: bool = False) -> bytes:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def peer_client(transport: asyncio.BaseTransport) -> str:
+    """"addr:IP" of the connection's peer (its port left out: one client, many connections);
+    "addr:" with no IP known (a Unix socket, a peer already gone)."""
+    peer = transport.get_extra_info("peername")
+    host = peer[0] if isinstance(peer, tuple) and peer else ""
+    return f"addr:{host}"
 
 
 class Limits:
@@ -128,8 +137,7 @@ class HttpConnection(asyncio.Protocol):
     # ---- the connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._client = f"addr:{peer[0]}" if isinstance(peer, tuple) and peer else "addr:?"
+        self._client = peer_client(self._transport)
         self._connections.add(self)
         self._arm_idle()
 

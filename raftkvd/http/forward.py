@@ -34,6 +34,7 @@ from raftkv.frames import FrameError, decode_batch, encode_batch
 from raftkv.routing import Call, Outcome, Route, Router
 from raftkv.sockets import close_link, dropped, open_link
 from raftkvd.errors import Unavailable
+from raftkvd.net.clientendpoint import FORWARDER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ class _Link:
         """`curve`: with CurveZMQ, this link's keys; its node's redirects teach it the leader's."""
         self.endpoint = endpoint
         self.curve = curve
-        self.socket, self.monitor = open_link(ctx, endpoint, _link_keys(curve, endpoint))
+        # named as a forwarder: the node's own rate limit leaves it be (clientendpoint.py)
+        routing_id = FORWARDER_PREFIX + uuid.uuid4().hex.encode()
+        self.socket, self.monitor = open_link(ctx, endpoint, _link_keys(curve, endpoint), routing_id)
         self.pending: dict[int, _Flight] = {}
         """Tries not yet answered nor lost, by id, with the call they belong to."""
         self.sent: set[int] = set()

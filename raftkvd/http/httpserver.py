@@ -27,7 +27,8 @@ from raftkv.curve import ClientCurve, ServerKeys, load_secret, node_secret_path
 from raftkv.protocol import Code
 from raftkvd.errors import RaftKVError, Unavailable
 from raftkvd.metrics import HttpMetrics, Snapshot
-from raftkvd.settings import NO_SECURITY, SecuritySettings
+from raftkvd.ratelimit import RateLimiter
+from raftkvd.settings import NO_LIMITS, NO_SECURITY, LimitsSettings, SecuritySettings
 
 from .auth import Authorizer
 from .connection import IDLE_TIMEOUT_S, HttpConnection, Limits
@@ -92,8 +93,10 @@ class HttpServer:
         name: str = "raftkvd-http",
         node_id: int = 0,
         security: SecuritySettings = NO_SECURITY,
+        limits: LimitsSettings = NO_LIMITS,
     ) -> None:
-        """`node_id`, `security`: the node this server fronts and its [security] settings."""
+        """`node_id`, `security`, `limits`: the node this server fronts and its [security]
+        and [limits] settings."""
         self.address = address
         self.node_id = node_id
         self.security = security
@@ -109,6 +112,8 @@ class HttpServer:
         self._error: BaseException | None = None
         self._limits: tuple[RestApi, Limits] | None = None
         self._auth: Authorizer | None = None
+        self.limiter = RateLimiter(limits.client_rate, limits.burst)
+        """REST clients' buckets; only the server's loop touches them (set_limits)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -141,6 +146,16 @@ class HttpServer:
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to serve
                 loop.call_soon_threadsafe(self._apply_max_value_bytes)
+
+    def set_limits(self, limits: LimitsSettings) -> None:
+        """Safe from any thread (a reload): the buckets take the new rate and burst on the
+        server's loop, between two requests."""
+        loop = self._loop
+        if loop is None:
+            self.limiter.configure(limits.client_rate, limits.burst)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.limiter.configure, limits.client_rate, limits.burst)
 
     def _apply_max_value_bytes(self) -> None:
         """On the server's loop, so that no request sees one limit half changed."""
@@ -213,7 +228,7 @@ class HttpServer:
         forward = ForwardClient(ctx, self.local_client, curve=self._curve())
         poller = StatusPoller(forward)
         api = RestApi(forward, lambda: poller.latest, self.metrics, self.max_value_bytes,
-                      self._auth)
+                      self._auth, self.limiter, frozenset(self.security.open_paths))
         limits = Limits(api.body_limit, BadRequestLog())
         self._limits = (api, limits)
         connections: set[HttpConnection] = set()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from raftkvd.settings import NO_SECURITY, SecuritySettings
+from raftkvd.settings import NO_LIMITS, NO_SECURITY, LimitsSettings, SecuritySettings
 
 from . import control
 from .httpserver import SHUTDOWN_TIMEOUT_S, HttpError
@@ -36,11 +36,12 @@ class HttpProcess:
     """One node's HTTP process."""
 
     def __init__(self, node_id: int, address: str, local_client: str, max_value_bytes: int,
-                 log_level: str, security: SecuritySettings = NO_SECURITY) -> None:
+                 log_level: str, security: SecuritySettings = NO_SECURITY,
+                 limits: LimitsSettings = NO_LIMITS) -> None:
         self.address = address
         self.port: int | None = None
         self.restarts = 0
-        self.settings = control.Reload(max_value_bytes, log_level)
+        self.settings = control.Reload(max_value_bytes, log_level, limits)
         """What the child runs with; a restarted child starts with the latest."""
         self._base_command = [
             sys.executable, "-m", "raftkvd.http.worker", "--node-id", str(node_id),
@@ -52,7 +53,7 @@ class HttpProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         self._spawned_at = time.monotonic()
         command = [*self._base_command, "--max-value-bytes", str(self.settings.max_value_bytes),
-                   "--log-level", self.settings.log_level]
+                   "--log-level", self.settings.log_level, *_limit_args(self.settings.limits)]
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     @property
@@ -139,3 +140,9 @@ class HttpProcess:
             log.warning("event=http_stop_timeout address=%s pid=%d", self.address, self.pid)
             self._proc.kill()
             self._proc.wait()
+
+
+def _limit_args(limits: LimitsSettings) -> list[str]:
+    """worker.py's [limits] flags (none: no limit)."""
+    args = [] if limits.client_rate is None else ["--client-rate", repr(limits.client_rate)]
+    return args + ([] if limits.client_burst is None else ["--client-burst", str(limits.client_burst)])

@@ -22,6 +22,7 @@ from raftkv.protocol import Code
 from raftkvd.errors import Unavailable
 from raftkvd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from raftkvd.metrics import HttpMetrics, Snapshot
+from raftkvd.ratelimit import RateLimiter, refusal, retry_after_header
 
 from .auth import Authorizer
 from .connection import JSON_TYPE, Request, Response, error_response, json_response
@@ -51,6 +52,7 @@ _REPLY_STATUS = {
     Code.COMPARE_FAILED.value: 409,
     Code.TOO_LARGE.value: 413,
     Code.NO_SPACE.value: 507,
+    Code.RATE_LIMITED.value: 429,
 }
 
 WRITE_REQUESTS = frozenset({("PUT", KV_ROUTE), ("DELETE", KV_ROUTE)})
@@ -95,9 +97,15 @@ class RestApi:
         metrics: HttpMetrics | None,
         max_value_bytes: int,
         auth: Authorizer | None = None,
+        limiter: RateLimiter | None = None,
+        unlimited_paths: frozenset[str] = frozenset(),
     ) -> None:
-        """`auth`: the bearer-token check, when [security] tokens_file is set."""
+        """`auth`: the bearer-token check, when [security] tokens_file is set; `limiter`: the
+        per-client limit ([limits]), None for none; `unlimited_paths`: the routes it does not
+        hold (the open paths: operators' probes must see an overloaded node)."""
         self.forward = forward
+        self.limiter = limiter
+        self.unlimited_paths = unlimited_paths
         self.snapshot = snapshot
         self.metrics = metrics
         self.max_value_bytes = max_value_bytes
@@ -142,12 +150,29 @@ class RestApi:
         methods = self.routes.get(route)
         if methods is None:
             route = UNMATCHED_ROUTE
+        # The token first: a limit then holds the token, not the address it came from.
         refused = self.auth.check(request, route) if self.auth is not None else None
+        if refused is None:
+            refused = self._over_limit(request, route)
         response = refused if refused is not None else await self._answer(request, methods)
         if self.metrics is not None:
             method = request.method if request.method in KNOWN_METHODS else "OTHER"
             self.metrics.observe(method, route, response.status, time.perf_counter() - started)
         return response
+
+    def _over_limit(self, request: Request, route: str) -> Response | None:
+        """429 for a client over its rate, before any forwarding (SPEC §5): its flood costs
+        the others one bucket check per request."""
+        limiter = self.limiter
+        if limiter is None or limiter.rate is None or route in self.unlimited_paths:
+            return None
+        wait = limiter.check(request.client)
+        if not wait:
+            return None
+        if self.metrics is not None:
+            self.metrics.rate_limited += 1
+        return json_response({"error": refusal(limiter.rate, wait)}, 429,
+                             [("Retry-After", retry_after_header(wait))])
 
     async def _answer(self, request: Request, methods: dict[str, Handler] | None) -> Response:
         if methods is None:
@@ -222,7 +247,8 @@ class RestApi:
         if self.metrics is None:
             return error_response(404, "metrics are not enabled")
         node = _checked(await self.forward.local_call({"op": protocol.Op.METRICS.value}))
-        return Response(200, node["text"].encode() + self.metrics.exposition(), METRICS_CONTENT_TYPE)
+        node_text = self.metrics.with_rest_rate_limited(node["text"].encode())
+        return Response(200, node_text + self.metrics.exposition(), METRICS_CONTENT_TYPE)
 
     async def openapi_json(self, request: Request) -> Response:
         return Response(200, self.openapi, JSON_TYPE)

@@ -22,7 +22,7 @@ import sys
 import threading
 
 from raftkvd.metrics import HttpMetrics
-from raftkvd.settings import LOG_FORMAT, SecuritySettings
+from raftkvd.settings import LOG_FORMAT, LimitsSettings, SecuritySettings
 
 from . import control
 from .httpserver import HttpError, HttpServer
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--security", type=SecuritySettings.from_json, default=SecuritySettings(),
                         help="the node's [security] settings, as JSON")
+    parser.add_argument("--client-rate", type=float, default=None,
+                        help="[limits] client_rate: requests/s per REST client (none: no limit)")
+    parser.add_argument("--client-burst", type=int, default=None, help="[limits] client_burst")
     return parser.parse_args(argv)
 
 
@@ -73,13 +76,15 @@ def _watch_node(done: threading.Event, server: HttpServer) -> None:
 
 def _reload(server: HttpServer, settings: control.Reload) -> None:
     """The node reloaded its cluster file (SIGHUP): this process follows its log level, holds
-    the next request to its max_value_bytes, and re-reads the tokens file (`raftkvd token
-    add` takes effect without a restart)."""
+    the next request to its max_value_bytes and its clients to its [limits], and re-reads the
+    tokens file (`raftkvd token add` takes effect without a restart)."""
     logging.getLogger().setLevel(settings.log_level)
     server.set_max_value_bytes(settings.max_value_bytes)
+    server.set_limits(settings.limits)
     server.reload_tokens()
-    log.info("event=http_reloaded max_value_bytes=%d log_level=%s", settings.max_value_bytes,
-             settings.log_level)
+    log.info("event=http_reloaded max_value_bytes=%d log_level=%s client_rate=%s client_burst=%s",
+             settings.max_value_bytes, settings.log_level, settings.limits.client_rate,
+             settings.limits.client_burst)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     server = HttpServer(args.address, args.client, args.max_value_bytes, HttpMetrics(),
                         name=f"raftkvd-http-{args.node_id}", node_id=args.node_id,
-                        security=args.security)
+                        security=args.security,
+                        limits=LimitsSettings(args.client_rate, args.client_burst))
     try:
         server.start()
     except HttpError as exc:

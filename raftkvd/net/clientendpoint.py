@@ -3,6 +3,18 @@
 Only shape and limits are checked here; what a request means is the node's business.
 Malformed frames get an `invalid` answer when they can be answered at all, and are
 counted, never raised.
+
+Rate limits ([limits], raftkvd/ratelimit.py) are checked here too, per request and before
+anything else is done with it, so a client over its rate costs the node loop one bucket
+check per request and never a Raft round. Who the client is (`client_key`):
+- with CurveZMQ, its key's name (the ZAP User-Id, "key:NAME"); the nodes' own keys
+  ("node<N>", the HTTP processes forwarding REST requests) are exempt: each HTTP process
+  limits its REST clients itself;
+- without it, the connection (ZeroMQ routing identity, "conn:HEX"): a raftctl.Client, or a
+  whole `raftctl bench`, is one client. The HTTP processes name their connections
+  FORWARDER_PREFIX... and are exempt. Without Curve nothing is authenticated, so a client
+  that claims that prefix, or reconnects for a fresh identity, escapes its limit: the limit
+  then tames runaway clients, not hostile ones (those need [security], SPEC §8).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from raftkv import protocol
 from raftkv.frames import FrameError, decode_batch, encode_batch, encode_client
 from raftkv.protocol import Code, Op
 from raftkv.sockets import readable
+from raftkvd.ratelimit import RateLimiter, refusal
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +40,11 @@ MAX_CLIENT_FRAME = 72 * 1024 * 1024
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}")
 _ZMQ_TCP = re.compile(r"tcp://" + _HOST_PORT.pattern)
 HWM = 10_000
+FORWARDER_PREFIX = b"raftkvd-http/"
+"""Routing identities of the HTTP processes' forwarders (forward.py), exempt from limits."""
+NODE_KEY = re.compile(r"node[0-9]+")
+"""CurveZMQ key names of the nodes (raftkv/curve.py): their HTTP processes are exempt."""
+USER_ID = "User-Id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +150,23 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
     return op
 
 
+def client_key(identity: bytes, user_id: str | None) -> str | None:
+    """The rate limit's key for a native client; None: exempt (a node's HTTP process)."""
+    if user_id:
+        return None if NODE_KEY.fullmatch(user_id) else f"key:{user_id}"
+    if identity.startswith(FORWARDER_PREFIX):
+        return None
+    return f"conn:{identity.hex()}"
+
+
+def user_id_of(frames: list[zmq.Frame]) -> str | None:
+    """The ZAP User-Id the frames arrived with (None without one)."""
+    try:
+        return frames[-1].get(USER_ID) if frames else None
+    except zmq.ZMQError:
+        return None
+
+
 Observer = Callable[[str, str, float | None], None]
 """Told (op, code, arrival time) of every answer: the node's metrics hook."""
 REJECTED_OP = "rejected"
@@ -142,9 +177,15 @@ class ClientEndpoint:
     """Owned by the node's event loop; not thread-safe."""
 
     def __init__(self, ctx: zmq.Context, bind: str, max_value_bytes: int,
+                 limiter: RateLimiter | None = None,
                  serve: Callable[[zmq.Socket], None] | None = None) -> None:
         """`serve(socket)` before bind: CurveZMQ, clients' keys only (raftkvd/net/zap.py)."""
         self.max_value_bytes = max_value_bytes
+        self.limiter = limiter if limiter is not None else RateLimiter(None, 0)
+        self.user_ids = serve is not None
+        """Clients authenticate (CurveZMQ): frames are received uncopied, for their User-Id,
+        the key of their rate limit (a routing identity is the client's to choose)."""
+        self.on_rate_limited: Callable[[], None] | None = None
         self.malformed_total = 0
         self._outbox: dict[bytes, list[dict[str, Any]]] = {}
         self._singles: list[tuple[bytes, dict[str, Any]]] = []
@@ -157,6 +198,9 @@ class ClientEndpoint:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
         if serve is not None:
             serve(self.socket)
+        # a forwarder reconnecting under its fixed identity takes it over from its old,
+        # half-closed connection instead of being ignored as a duplicate
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
             self.socket.bind(bind)
         except zmq.ZMQError:
@@ -167,10 +211,14 @@ class ClientEndpoint:
         """Up to about `max_n` requests waiting (whole frames: a batch is never split)."""
         requests: list[Request] = []
         while len(requests) < max_n and readable(self.socket):
-            self._parse(self.socket.recv_multipart(zmq.NOBLOCK), requests)
+            if self.user_ids:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                self._parse([frame.bytes for frame in frames], requests, user_id_of(frames))
+            else:
+                self._parse(self.socket.recv_multipart(zmq.NOBLOCK), requests)
         return requests
 
-    def _parse(self, frames: list[bytes], into: list[Request]) -> None:
+    def _parse(self, frames: list[bytes], into: list[Request], user_id: str | None = None) -> None:
         if len(frames) != 2:
             self.malformed_total += 1
             return
@@ -182,10 +230,13 @@ class ClientEndpoint:
             self.reply_error(identity, 0, Code.INVALID, f"malformed request: {exc}")
             return
         received = time.monotonic()
+        key = client_key(identity, user_id) if self.limiter.rate is not None else None
         for body in bodies:
             req_id = body.get("id", 0)
             if not isinstance(req_id, int):
                 req_id = 0
+            if key is not None and self._limited(identity, req_id, key, batched):
+                continue
             try:
                 op = validate(body, self.max_value_bytes)
             except RequestError as exc:
@@ -194,6 +245,19 @@ class ClientEndpoint:
                     self.observer(REJECTED_OP, exc.code.value, None)
                 continue
             into.append(Request(identity, req_id, op, body, received, batched))
+
+    def _limited(self, identity: bytes, req_id: int, key: str, batched: bool) -> bool:
+        """Refuse the request if `key` is over its rate: rate_limited, with when to retry."""
+        wait = self.limiter.check(key)
+        if not wait:
+            return False
+        self.reply(identity, req_id, {"code": Code.RATE_LIMITED.value, "retry_after": wait,
+                                      "error": refusal(self.limiter.rate, wait)}, batched)
+        if self.on_rate_limited is not None:
+            self.on_rate_limited()
+        if self.observer is not None:
+            self.observer(REJECTED_OP, Code.RATE_LIMITED.value, None)
+        return True
 
     def reply(self, identity: bytes, req_id: int, fields: dict[str, Any], batched: bool = False) -> None:
         """Queue an answer; `flush` sends it. Answers to batched requests share one frame per

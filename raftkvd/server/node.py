@@ -32,6 +32,7 @@ from ..net.transport import Transport
 from ..net.zap import CLIENT_DOMAIN, RAFT_DOMAIN, Gate
 from ..raft import RaftConfig
 from ..raft.messages import NONE, ConfState, StateRole
+from ..ratelimit import RateLimiter
 from ..settings import Settings
 from ..storage.lmdbenv import LmdbEnv
 from ..storage.logstore import LogStore
@@ -97,7 +98,7 @@ class Node:
         # First, so that the HTTP process's start overlaps ours; it gets ready in run().
         self.http = HttpProcess(self.id, settings.node.http, settings.node.client,
                                 settings.cluster.max_value_bytes, settings.log_level,
-                                settings.cluster.security)
+                                settings.cluster.security, settings.cluster.limits)
         try:
             self._open(settings, ctx, raft_bind or settings.node.raft, reads)
         except BaseException:
@@ -125,10 +126,12 @@ class Node:
             dial = keys.dial
         self.transport = _bind_retrying(lambda: Transport(self.ctx, self.id, raft_bind, {},
                                                           serve=serve_raft, dial=dial))
+        limits = settings.cluster.limits
         self.client = _bind_retrying(
             lambda: ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes,
-                                   serve=serve_client))
+                                   RateLimiter(limits.client_rate, limits.burst), serve=serve_client))
         self.client.observer = self.metrics.observe_client
+        self.client.on_rate_limited = self.metrics.rate_limited.inc
         for op in Op:
             self.metrics.declare_client(op.value, Code.OK.value)
         low, high = settings.cluster.election_timeout_ms
@@ -231,10 +234,13 @@ class Node:
 
     def _apply_reloadable(self, settings: Settings) -> None:
         """Where each setting of reload.RELOADABLE takes effect: this process's root logger and
-        client endpoint (native protocol's TOO_LARGE), and the HTTP process (REST 413)."""
+        client endpoint (native protocol's TOO_LARGE and rate limit), and the HTTP process
+        (REST 413 and 429)."""
         logging.getLogger().setLevel(settings.log_level)
+        limits = settings.cluster.limits
         self.client.max_value_bytes = settings.cluster.max_value_bytes
-        self.http.reload(control.Reload(settings.cluster.max_value_bytes, settings.log_level))
+        self.client.limiter.configure(limits.client_rate, limits.burst)
+        self.http.reload(control.Reload(settings.cluster.max_value_bytes, settings.log_level, limits))
 
     def _may_exit(self) -> bool:
         """A removed node exits (0, so that its supervisor leaves it down) after a grace;

@@ -18,7 +18,8 @@ from ..settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
-RELOADABLE = frozenset({"log_level", "cluster.log_level", "cluster.max_value_bytes"})
+RELOADABLE = frozenset({"log_level", "cluster.log_level", "cluster.max_value_bytes",
+                        "cluster.limits.client_rate", "cluster.limits.client_burst"})
 """Dotted paths into Settings that a running node applies (Node._apply_reloadable does it).
 To make a setting reloadable, name it here and apply it there."""
 

@@ -16,6 +16,7 @@ from http_helpers import call, put
 from raftkvd.http import control, process
 from raftkvd.http.process import HttpProcess
 from raftkvd.http.rest import BODY_SLACK_BYTES
+from raftkvd.settings import LimitsSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,22 +27,29 @@ MIDDLE = "m" * 1000
 START_TIMEOUT_S = 20.0
 
 
-@pytest.mark.parametrize("command", [control.Stop(), control.Reload(1024, "DEBUG")])
+@pytest.mark.parametrize("command", [
+    control.Stop(), control.Reload(1024, "DEBUG"), control.Reload(1024, "INFO", LimitsSettings(50.0)),
+    control.Reload(1024, "INFO", LimitsSettings(2.5, 7)), control.Reload(1, "INFO", LimitsSettings(1e-3)),
+])
 def test_each_command_is_one_line_that_parses_back(command: control.Command) -> None:
     line = control.encode(command)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert control.parse(line) == command
 
 
-@pytest.mark.parametrize("line", [b"stop now\n", b"reload 0 INFO\n", b"reload -5 INFO\n",
-                                  b"reload 10 LOUD\n", b"reload 10\n", b"reload x INFO\n", b"\n"])
+@pytest.mark.parametrize("line", [b"stop now\n", b"reload 0 INFO - -\n", b"reload -5 INFO - -\n",
+                                  b"reload 10 LOUD - -\n", b"reload 10\n", b"reload x INFO - -\n",
+                                  b"reload 10 INFO\n", b"reload 10 INFO 0 -\n", b"reload 10 INFO -1 5\n",
+                                  b"reload 10 INFO nan -\n", b"reload 10 INFO inf -\n",
+                                  b"reload 10 INFO 5 0\n", b"reload 10 INFO 5 x\n",
+                                  b"reload 10 INFO - 5\n", b"\n"])
 def test_a_malformed_command_is_refused(line: bytes) -> None:
     with pytest.raises(ValueError, match="unknown control command"):
         control.parse(line)
 
 
 def test_a_log_level_in_any_case_is_read_as_upper_case() -> None:
-    assert control.parse(b"reload 10 debug\n") == control.Reload(10, "DEBUG")
+    assert control.parse(b"reload 10 debug - -\n") == control.Reload(10, "DEBUG")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from cluster_docs import cluster_key, node_key, three_nodes, to_toml
 
 from raftkvd.server import reload
-from raftkvd.settings import MIB, Settings, load_settings
+from raftkvd.settings import MIB, LimitsSettings, Settings, load_settings
 
 NO_ENV: dict[str, str] = {}
 
@@ -56,6 +56,16 @@ def test_the_log_level_and_max_value_bytes_are_applied(cluster_file: ClusterFile
     assert outcome.restart_only == ()
     assert outcome.settings.cluster.max_value_bytes == 4096
     assert outcome.settings.log_level == "DEBUG"
+
+
+def test_the_rate_limits_are_applied(cluster_file: ClusterFile) -> None:
+    running = cluster_file.load()
+    cluster_file.doc["limits"] = {"client_rate": 50, "client_burst": 80}
+    cluster_file.save()
+    outcome = reload.plan(running, running.reload())
+    assert set(outcome.applied) == {"cluster.limits.client_rate", "cluster.limits.client_burst"}
+    assert outcome.restart_only == ()
+    assert outcome.settings.cluster.limits == LimitsSettings(50.0, 80)
 
 
 def test_a_log_level_flag_of_the_start_still_wins_over_the_file(cluster_file: ClusterFile) -> None:

@@ -195,3 +195,42 @@ def test_hints_and_endpoints_are_normalized() -> None:
     assert leader_hint(OK) is None
     assert normalize_endpoint(" tcp://h:9 ") == "tcp://h:9"
     assert normalize_endpoint("h:0") is None and normalize_endpoint("nohost") is None
+
+
+RATE_LIMITED = {"code": "rate_limited", "retry_after": 0.3, "error": "rate limited"}
+
+
+def test_a_rate_limited_call_retries_the_same_node_after_its_retry_after() -> None:
+    router = Router([A, B, C], leader=A)
+    c = call(router, idempotent=False)
+    assert sent(c, c.start()) == [A]
+    assert c.answered(A, RATE_LIMITED, 0.1) == []
+    assert c.wakeup() == pytest.approx(0.4)
+    assert c.due(0.39) == []
+    assert c.due(0.4) == [A], "the same node, not every node: it answered, it is not down"
+    assert router.leader == A
+    assert c.answered(A, OK, 0.5) == [] and c.outcome is Outcome.DONE and c.reply == OK
+    assert c.rate_limited == 1
+
+
+def test_a_call_still_rate_limited_at_its_deadline_answers_rate_limited() -> None:
+    c = call(Router([A, B, C], leader=A))
+    sent(c, c.start())
+    now = 0.0
+    c.answered(A, RATE_LIMITED, now)
+    while not c.done:
+        now = c.wakeup()
+        for endpoint in c.due(now):
+            c.sent(endpoint, now)
+            c.answered(endpoint, RATE_LIMITED, now)
+    assert c.outcome is Outcome.DONE and c.reply == RATE_LIMITED
+    assert now == DEADLINE and c.rate_limited >= DEADLINE / 0.3 - 1
+
+
+def test_a_call_to_one_node_waits_out_its_rate_limit_too() -> None:
+    c = call(route=Route.NODE, target=B)
+    assert sent(c, c.start()) == [B]
+    assert c.answered(B, RATE_LIMITED, 0.0) == []
+    assert not c.done
+    assert c.due(0.3) == [B]
+    assert c.answered(B, OK, 0.4) == [] and c.reply == OK
