@@ -76,3 +76,12 @@ def close_link(socket: zmq.Socket, monitor: zmq.Socket) -> None:
     socket.disable_monitor()
     monitor.close(0)
     socket.close(0)
+
+
+def user_id_of(frames: list[zmq.Frame]) -> str | None:
+    """The ZAP User-Id (with CurveZMQ: the sender's key name) of frames received uncopied;
+    None without one."""
+    try:
+        return frames[-1].get("User-Id") if frames else None
+    except zmq.ZMQError:
+        return None

@@ -31,7 +31,7 @@ import zmq
 from raftkv import protocol
 from raftkv.frames import FrameError, decode_batch, encode_batch, encode_client
 from raftkv.protocol import Code, Op
-from raftkv.sockets import readable
+from raftkv.sockets import readable, user_id_of
 from raftkvd.ratelimit import RateLimiter, refusal
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ FORWARDER_PREFIX = b"raftkvd-http/"
 """Routing identities of the HTTP processes' forwarders (forward.py), exempt from limits."""
 NODE_KEY = re.compile(r"node[0-9]+")
 """CurveZMQ key names of the nodes (raftkv/curve.py): their HTTP processes are exempt."""
-USER_ID = "User-Id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +156,6 @@ def client_key(identity: bytes, user_id: str | None) -> str | None:
     if identity.startswith(FORWARDER_PREFIX):
         return None
     return f"conn:{identity.hex()}"
-
-
-def user_id_of(frames: list[zmq.Frame]) -> str | None:
-    """The ZAP User-Id the frames arrived with (None without one)."""
-    try:
-        return frames[-1].get(USER_ID) if frames else None
-    except zmq.ZMQError:
-        return None
 
 
 Observer = Callable[[str, str, float | None], None]

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from raftkv.sockets import readable
+from raftkv.curve import node_key_name
+from raftkv.sockets import readable, user_id_of
 from raftkvd.net.peerwire import (
     MAX_FRAME_BYTES,
     FrameError,
@@ -193,7 +194,11 @@ class Transport:
         """Up to `max_n` waiting frames, without blocking; bad frames are dropped."""
         received: list[Message | RemovedNotice] = []
         while len(received) < max_n and readable(self._router):
-            msg = self._accept(self._router.recv_multipart(zmq.NOBLOCK))
+            if self._serve is None:
+                msg = self._accept(self._router.recv_multipart(zmq.NOBLOCK))
+            else:  # secured: the sender's key name (ZAP User-Id) must be the node it claims
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = self._accept([frame.bytes for frame in frames], user_id_of(frames))
             if msg is not None:
                 received.append(msg)
         for peer_id, dealer in self._dealers.items():
@@ -203,12 +208,13 @@ class Transport:
                     received.append(msg)
         return received
 
-    def _accept(self, frames: list[bytes]) -> Message | RemovedNotice | None:
+    def _accept(self, frames: list[bytes], user_id: str | None = None) -> Message | RemovedNotice | None:
         """The message in `frames` if it is well-formed and really meant for us.
 
-        The ROUTER's identity frame is the sender's DEALER identity, so a peer
-        cannot speak in another node's name (CurveZMQ, SPEC §8, will bind that identity
-        to a member's key). Senders without a link are members added while we were
+        The ROUTER's identity frame is the sender's DEALER identity, and with CurveZMQ
+        (SPEC §8) `user_id` is the name of the key it authenticated with: both must name
+        the sender the message claims, so a member cannot speak in another node's name.
+        Senders without a link are members added while we were
         away, or removed ones: the replica judges what they say (it tells a removed one
         so; PreVote and CheckQuorum keep it from disrupting anyone meanwhile).
         """
@@ -221,7 +227,9 @@ class Transport:
         except FrameError as exc:
             self._reject_malformed(str(exc))
             return None
-        if msg.to != self.node_id or identity != str(msg.frm).encode():
+        if (msg.to != self.node_id or identity != str(msg.frm).encode()
+                or (self._serve is not None and type(msg) is not RemovedNotice
+                    and user_id != node_key_name(msg.frm))):
             self.misrouted_total += 1
             self._log_limited(
                 f"event=misrouted_message to={msg.to} frm={msg.frm} "
@@ -256,3 +264,4 @@ class Transport:
         for peer_id in list(self._dealers):
             self.remove_peer(peer_id)
         self._router.close()
+

@@ -12,7 +12,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from raftkv.frames import decode_batch, encode_client
-from raftkvd.net.clientendpoint import ClientEndpoint, client_key, user_id_of
+from raftkv.sockets import user_id_of
+from raftkvd.net.clientendpoint import ClientEndpoint, client_key
 from raftkvd.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.timeout(30)
