@@ -142,20 +142,23 @@ class HttpServer:
         """Safe from any thread (a reload, worker.py): requests from now on are held to the new
         limit, a body's Content-Length included; requests in progress keep the old one."""
         self.max_value_bytes = max_value_bytes
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to serve
-                loop.call_soon_threadsafe(self._apply_max_value_bytes)
+        self._on_loop(self._apply_max_value_bytes)
 
     def set_limits(self, limits: LimitsSettings) -> None:
         """Safe from any thread (a reload): the buckets take the new rate and burst on the
         server's loop, between two requests."""
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             self.limiter.configure(limits.client_rate, limits.burst)
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self.limiter.configure, limits.client_rate, limits.burst)
+        else:
+            self._on_loop(self.limiter.configure, limits.client_rate, limits.burst)
+
+    def _on_loop(self, fn: Callable[..., object], *args: object) -> None:
+        """Run `fn(*args)` on the server's loop, between two requests; nothing once the loop
+        is gone (nothing is served any more)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(fn, *args)
 
     def _apply_max_value_bytes(self) -> None:
         """On the server's loop, so that no request sees one limit half changed."""
@@ -175,10 +178,7 @@ class HttpServer:
         except TokenFileError as exc:
             log.error("event=tokens_reload_failed action=keep_old error=%s", exc)
             return
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._apply_tokens, store)
+        self._on_loop(self._apply_tokens, store)
         log.info("event=tokens_reloaded tokens=%d", len(store))
 
     def _apply_tokens(self, store: TokenStore) -> None:

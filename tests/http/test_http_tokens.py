@@ -35,11 +35,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     for role in ("read", "write", "admin"):
         add_token(tokens_file, role, role)
     cluster.set_section_key("security", "tokens_file", f'"{tokens_file}"')
-    try:
+    with cluster:  # closed (every process killed) however the module ends
         cluster.start_all()
         yield cluster
-    finally:
-        cluster.close()
 
 
 def tokens_file(cluster: ProcCluster) -> Path:

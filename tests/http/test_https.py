@@ -43,11 +43,9 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[
     tokens_file = cluster.root / "tokens"
     WRITER.append(add_token(tokens_file, "writer", Role.WRITE))
     cluster.set_section_key("security", "tokens_file", f'"{tokens_file}"')
-    try:
+    with cluster:  # closed (every process killed) however the module ends
         cluster.start_all()
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
