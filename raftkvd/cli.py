@@ -16,7 +16,7 @@ import zmq
 from raftkv.backupfile import BackupError
 
 from .errors import RaftKVError
-from .localcluster import LocalCluster
+from .localcluster import LocalCluster, LocalClusterError, status_keys
 from .settings import LOG_FORMAT, LOG_LEVELS, Settings, SettingsError, load_cluster, load_settings
 from .startchecks import StartCheckError, check_http_files, check_secrets, warn_if_exposed
 
@@ -248,10 +248,13 @@ _config_option = click.option(
 )
 
 
-def _local_cluster(config_path: str) -> LocalCluster:
+def _local_cluster(config_path: str, *, asks_status: bool = True) -> LocalCluster:
+    """`asks_status`: load the key the status fetches need (stopping needs none)."""
     try:
-        return LocalCluster(load_cluster(config_path), Path(config_path))
-    except SettingsError as exc:
+        settings = load_cluster(config_path)
+        keys = status_keys(settings) if asks_status else None
+        return LocalCluster(settings, Path(config_path), keys)
+    except (SettingsError, LocalClusterError) as exc:
         _fail(str(exc), EXIT_CONFIG)
         raise AssertionError("unreachable") from exc
 
@@ -280,7 +283,7 @@ def start(config_path: str, timeout: float) -> None:
 @_config_option
 def stop(config_path: str) -> None:
     """Stop the nodes started by `cluster start` (SIGTERM, then SIGKILL after 10 s), by pid."""
-    for line in _local_cluster(config_path).stop():
+    for line in _local_cluster(config_path, asks_status=False).stop():
         click.echo(line)
 
 

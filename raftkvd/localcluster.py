@@ -14,6 +14,9 @@ from pathlib import Path
 
 import zmq
 
+from raftkv.curve import KeyFileError
+
+from .net.nodekeys import NodeKeys
 from .net.peerstatus import fetch_statuses
 from .settings import ClusterSettings, NodeSettings
 
@@ -43,10 +46,31 @@ def _alive(pid: int) -> bool:
     return b"raftkvd" in cmdline and not zombie
 
 
+class LocalClusterError(Exception):
+    """The cluster file describes a cluster this host cannot manage; one line for the user."""
+
+
+def status_keys(cluster: ClusterSettings) -> NodeKeys | None:
+    """With CurveZMQ on, the status fetches speak as a node of this host (a local cluster
+    keeps every node's secret in curve_dir; the client endpoints admit member keys)."""
+    curve_dir = cluster.security.curve_dir
+    if curve_dir is None:
+        return None
+    problems = []
+    for node in cluster.nodes:
+        try:
+            return NodeKeys(curve_dir, node.id)
+        except KeyFileError as exc:
+            problems.append(str(exc))
+    raise LocalClusterError(f"security.curve_dir: no usable node secret ({problems[0]})")
+
+
 class LocalCluster:
-    def __init__(self, cluster: ClusterSettings, config_path: Path) -> None:
+    def __init__(self, cluster: ClusterSettings, config_path: Path, keys: NodeKeys | None = None) -> None:
+        """`keys` (status_keys): what the status fetches speak CurveZMQ with, when it is on."""
         self.cluster = cluster
         self.config_path = config_path
+        self._keys = keys
 
     def _pid(self, node: NodeSettings) -> int | None:
         try:
@@ -82,7 +106,8 @@ class LocalCluster:
     def statuses(self, timeout: float = 1.0) -> list[dict]:
         members = {node.id: {"client": node.client, "raft": node.raft, "http": node.http}
                    for node in self.cluster.nodes}
-        return fetch_statuses(zmq.Context.instance(), members, timeout)
+        dial = None if self._keys is None else self._keys.dial
+        return fetch_statuses(zmq.Context.instance(), members, timeout, dial)
 
     def wait_until_serving(self, timeout: float) -> tuple[int | None, list[str]]:
         """Wait until every node answers on its client and HTTP addresses and a leader is

@@ -122,9 +122,10 @@ class StatusFetcher:
                 self._sockets.pop(endpoint).close(0)
 
 
-def fetch_statuses(ctx: zmq.Context, members: Addresses, timeout: float) -> list[dict[str, Any]]:
+def fetch_statuses(ctx: zmq.Context, members: Addresses, timeout: float,
+                   dial: Callable[[zmq.Socket, int], bool] | None = None) -> list[dict[str, Any]]:
     """One-off fetch on fresh links (raftkvd cluster start|status): give them time to connect."""
-    fetcher = StatusFetcher(ctx, connect_grace=timeout)
+    fetcher = StatusFetcher(ctx, connect_grace=timeout, dial=dial)
     try:
         return fetcher.fetch(members, timeout)
     finally:

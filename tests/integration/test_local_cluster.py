@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cluster import HOST, RAFTCTL, RAFTKVD, ProcCluster, run_cli
+from test_curve import ops_key, secure
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -130,3 +131,40 @@ def test_cluster_start_names_a_node_that_cannot_bind_and_fails(local: ProcCluste
     assert "1 of 3 node(s) did not start" in started.stderr
     stopped = run_cli(RAFTKVD, "cluster", "stop", "--config", config, timeout=60)
     assert stopped.returncode == 0 and not any(running(p, local.config_path) for p in pids(local).values())
+
+
+def test_a_secured_cluster_starts_and_reports_its_roles(local: ProcCluster) -> None:
+    """With CurveZMQ on, `cluster start|status` ask the nodes as one of them (plain sockets
+    would never get an answer: start would time out on a healthy cluster)."""
+    curve_dir = secure(local)
+    config = str(local.config_path)
+    started = run_cli(RAFTKVD, "cluster", "start", "--config", config, timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "cluster ready" in started.stdout, started.stdout
+    status = run_cli(RAFTKVD, "cluster", "status", "--config", config)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count(", leader, term ") == 1, status.stdout
+    assert "unreachable" not in status.stdout, status.stdout
+    put = run_cli(RAFTCTL, "--config", config, "--key", str(ops_key(curve_dir)), "put", "k", "v")
+    assert put.returncode == 0, put.stderr
+    stopped = run_cli(RAFTKVD, "cluster", "stop", "--config", config, timeout=60)
+    assert stopped.returncode == 0 and not any(running(p, local.config_path) for p in pids(local).values())
+
+
+def test_a_secured_cluster_without_node_secrets_is_one_line_and_still_stops(local: ProcCluster) -> None:
+    curve_dir = secure(local)
+    config = str(local.config_path)
+    assert run_cli(RAFTKVD, "cluster", "start", "--config", config, timeout=60).returncode == 0
+    hidden = curve_dir.with_name("hidden")
+    curve_dir.rename(hidden)
+    try:
+        status = run_cli(RAFTKVD, "cluster", "status", "--config", config)
+        assert status.returncode == 2, (status.returncode, status.stdout, status.stderr)
+        lines = status.stderr.splitlines()
+        assert len(lines) == 1 and "security.curve_dir: no usable node secret" in lines[0], status.stderr
+        assert "Traceback" not in status.stderr
+        stopped = run_cli(RAFTKVD, "cluster", "stop", "--config", config, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not any(running(p, local.config_path) for p in pids(local).values())
+    finally:
+        hidden.rename(curve_dir)
