@@ -33,7 +33,7 @@ status: install
 	$(VENV)/bin/raftctl --config $(CONFIG) status
 
 test: install  ## the whole suite: core, simulator, storage, CLI, real processes, web view
-	bash scripts/ensure-chromium.sh  # headless Chromium for tests/http/test_web_view.py (root: apt-get)
+	bash scripts/ensure-test-tools.sh  # chromium, openssl, curl, node, systemd-analyze (root: apt-get)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 sim: install  ## more simulator seeds: make sim SEEDS=20000 (or SEED=1234 NODES=3 to replay one)

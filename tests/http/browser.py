@@ -2,7 +2,7 @@
 after its scripts ran, parsed into something to assert on, and screenshots.
 
 `make test` installs the browser when it is missing and it runs as root
-(scripts/ensure-chromium.sh); elsewhere the tests that need it skip, saying why.
+(scripts/ensure-test-tools.sh); elsewhere the tests that need it skip, saying why.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def chromium_path() -> str | None:
 
 MISSING_REASON = (
     f"headless Chromium not found ({DEFAULT_CHROMIUM} or ${CHROMIUM_ENV}): `make test` installs "
-    "Debian's chromium package when run as root (scripts/ensure-chromium.sh); otherwise "
+    "Debian's chromium package when run as root (scripts/ensure-test-tools.sh); otherwise "
     "`sudo apt-get install -y chromium`"
 )
 
