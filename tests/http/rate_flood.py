@@ -1,17 +1,20 @@
 """A REST client over its rate limit, in a process of its own (so its loop never competes for
 the test process's interpreter lock with the client whose latency the test measures).
 
-    python rate_flood.py PORT SECONDS MAX_REQUESTS
+    RAFTKV_FLOOD_TOKEN=TOKEN python rate_flood.py PORT SECONDS MAX_REQUESTS
 
-GETs one key as fast as one keep-alive connection from 127.0.0.1 allows, for at most SECONDS
-and MAX_REQUESTS, or until SIGINT; prints "flooding" once its first 429 came back, then one
-JSON line: the count of answers per status, and one 429's Retry-After and body.
+GETs one key with that bearer token as fast as one keep-alive connection allows, for at most
+SECONDS and MAX_REQUESTS, or until SIGINT; prints "flooding" once its first 429 came back,
+then one JSON line: the count of answers per status, and one 429's Retry-After and body.
+It runs at a lower CPU priority: a flooder is another machine, and on a 2-core test box an
+unniced load generator would take the CPU from the server and the measured client alike.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -23,12 +26,13 @@ def flood(port: int, seconds: float, max_requests: int) -> dict[str, object]:
     statuses: Counter[int] = Counter()
     sample: dict[str, object] = {}
     connection = http.client.HTTPConnection(HOST, port, timeout=10.0)
+    headers = {"Authorization": f"Bearer {os.environ['RAFTKV_FLOOD_TOKEN']}"}
     deadline = time.monotonic() + seconds
     try:
         for _ in range(max_requests):
             if time.monotonic() > deadline:
                 break
-            connection.request("GET", "/kv/flood")
+            connection.request("GET", "/kv/flood", headers=headers)
             response = connection.getresponse()
             body = response.read()
             statuses[response.status] += 1
@@ -44,4 +48,5 @@ def flood(port: int, seconds: float, max_requests: int) -> dict[str, object]:
 
 if __name__ == "__main__":
     port, seconds, max_requests = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    os.nice(10)
     print(json.dumps(flood(port, seconds, max_requests)), flush=True)

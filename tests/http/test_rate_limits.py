@@ -1,7 +1,9 @@
 """[limits] on real processes (SPEC §8, §5): each client has its own token bucket, on REST
 (429 with Retry-After) and on the native protocol (rate_limited, retried by raftctl), a
 client over its limit does not slow another down, the HTTP processes' forwarding is not
-limited by the nodes, and SIGHUP changes the limits.
+limited by the nodes, and SIGHUP changes the limits. The cluster has bearer tokens on: a
+REST client is its token (every REST client here comes from 127.0.0.1), so one token's
+flood leaves another token's bucket alone.
 
 Run with -s to see the latency numbers of the flood test."""
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,16 +24,19 @@ from typing import Any
 
 import pytest
 from cluster import HOST, RAFTCTL, ProcCluster, run_cli, wait_for
-from http_helpers import call, http_port
+from http_helpers import Reply, call, http_port
+from tls_helpers import bearer
 
 from raftctl.errors import EXIT_UNAVAILABLE
+from raftkvd.http.tokens import Role, add_token
 
 pytestmark = pytest.mark.timeout(90)
 
 RATE = 50
 BURST = 50
-VICTIM_ADDRESS = "127.0.0.2"
-"""The unloaded client's source address (Linux routes all of 127/8 to lo)."""
+FORWARDING_CLIENTS = 5
+TOKENS: dict[str, str] = {}
+"""name -> token (role write): `flood`, `victim`, `fwd0`.. (one per forwarding client)."""
 VICTIM_REQUESTS = 200
 VICTIM_INTERVAL_S = 1 / 40
 """The victim stays under its own limit: 40 requests/s against RATE."""
@@ -47,12 +53,18 @@ METRIC = re.compile(rb'^raftkvd_rate_limited_total\{endpoint="(\w+)"\} ([0-9.e+]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     cluster = ProcCluster(tmp_path_factory.mktemp("limits"))
-    try:
+    with cluster:
+        tokens_file = cluster.root / "tokens"
+        for name in ("flood", "victim", *(f"fwd{n}" for n in range(FORWARDING_CLIENTS))):
+            TOKENS[name] = add_token(tokens_file, name, Role.WRITE)
+        cluster.set_section_key("security", "tokens_file", f'"{tokens_file}"')
         set_limits(cluster, RATE, BURST)
         cluster.start_all()
         yield cluster
-    finally:
-        cluster.close()
+
+
+def as_token(name: str, port: int, method: str, path: str, body: dict[str, str] | None = None) -> Reply:
+    return call(port, method, path, body, headers=bearer(TOKENS[name]))
 
 
 def set_limits(cluster: ProcCluster, rate: float, burst: int) -> None:
@@ -95,15 +107,16 @@ def p99(samples: list[float]) -> float:
     return ordered[max(0, int(len(ordered) * 0.99 + 0.5) - 1)]
 
 
-def paced_gets(port: int, source: str, count: int) -> list[float]:
-    """`count` GETs on one keep-alive connection from `source`, paced under the limit; every
-    answer must be 200. Returns their latencies."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=10.0, source_address=(source, 0))
+def paced_gets(port: int, count: int) -> list[float]:
+    """`count` GETs with the victim's token on one keep-alive connection, paced under the
+    limit; every answer must be 200. Returns their latencies."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=10.0)
+    headers = bearer(TOKENS["victim"])
     latencies = []
     try:
         for _ in range(count):
             started = time.perf_counter()
-            connection.request("GET", "/kv/victim")
+            connection.request("GET", "/kv/victim", headers=headers)
             response = connection.getresponse()
             response.read()
             latencies.append(time.perf_counter() - started)
@@ -116,15 +129,16 @@ def paced_gets(port: int, source: str, count: int) -> list[float]:
 
 def test_a_rest_flood_gets_429_and_does_not_slow_another_client(cluster: ProcCluster) -> None:
     port = leader_port(cluster)
-    assert call(port, "PUT", "/kv/victim", {"value": "v"}).status == 200
-    unloaded = paced_gets(port, VICTIM_ADDRESS, VICTIM_REQUESTS)
+    assert as_token("victim", port, "PUT", "/kv/victim", {"value": "v"}).status == 200
+    unloaded = paced_gets(port, VICTIM_REQUESTS)
     before = rate_limited_total(cluster, cluster.wait_for_leader())
     flood = subprocess.Popen([sys.executable, str(FLOOD_SCRIPT), str(port), str(FLOOD_SECONDS),
-                              str(FLOOD_MAX_REQUESTS)], stdout=subprocess.PIPE, text=True)
+                              str(FLOOD_MAX_REQUESTS)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "RAFTKV_FLOOD_TOKEN": TOKENS["flood"]})
     try:
         assert flood.stdout is not None
         assert flood.stdout.readline().strip() == "flooding", "the flood never got a 429"
-        loaded = paced_gets(port, VICTIM_ADDRESS, VICTIM_REQUESTS)
+        loaded = paced_gets(port, VICTIM_REQUESTS)
         flood.send_signal(signal.SIGINT)
         result = json.loads(flood.stdout.readline())
         flood.wait(FLOOD_SECONDS + 10)
@@ -158,16 +172,16 @@ def test_forwarding_is_not_limited_by_the_leaders_native_limit(cluster: ProcClus
     leader = cluster.wait_for_leader()
     follower = next(i for i in cluster.ids if i != leader)
     port = http_port(cluster, follower)
-    clients, each = 5, BURST - 5
+    clients, each = FORWARDING_CLIENTS, BURST - 5
     before = rate_limited_total(cluster, leader).get("client", 0)
     failures: list[int] = []
 
     def writer(n: int) -> None:
-        connection = http.client.HTTPConnection(HOST, port, timeout=10.0,
-                                                source_address=(f"127.0.0.{10 + n}", 0))
+        connection = http.client.HTTPConnection(HOST, port, timeout=10.0)
+        headers = bearer(TOKENS[f"fwd{n}"])
         try:
             for i in range(each):
-                connection.request("PUT", f"/kv/fwd/{n}/{i}", json.dumps({"value": "v"}))
+                connection.request("PUT", f"/kv/fwd/{n}/{i}", json.dumps({"value": "v"}), headers)
                 response = connection.getresponse()
                 response.read()
                 if response.status != 200:
@@ -230,7 +244,7 @@ def test_sighup_raising_the_limit_takes_effect(cluster: ProcCluster) -> None:
     port = leader_port(cluster)
     try:
         reload_limits(cluster, 10 * RATE, 10 * BURST)
-        answers = [call(port, "GET", "/kv/victim").status for _ in range(2 * BURST)]
+        answers = [as_token("victim", port, "GET", "/kv/victim").status for _ in range(2 * BURST)]
         assert answers.count(200) == len(answers), "REST still held to the old burst"
         report = bench(cluster, 4 * BURST)
         assert report["rate_limited"] == 0, "native clients still held to the old rate"
