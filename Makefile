@@ -9,7 +9,7 @@ DURATION ?= 600
 NODES  ?=
 PYTEST_ARGS ?=
 
-.PHONY: install build run stop status test sim chaos coverage bench bench-compare budget lint clean
+.PHONY: install build run stop status test sim chaos coverage bench bench-compare bench-security budget lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: install  ## throughput and latency of a fresh local cluster (medians of 5
 
 bench-compare: install  ## raftkv against etcd, side by side (wrk; medians of 3 passes each)
 	$(PY) -m tests.bench.compare $(if $(PASSES),--passes $(PASSES),)
+
+bench-security: install  ## the cost of SPEC §8: raftkv secured (Curve, HTTPS, tokens) against raftkv open
+	$(PY) -m tests.bench.compare --security $(if $(PASSES),--passes $(PASSES),)
 
 budget: install  ## where the time of one write goes, REST and native (stage timestamps; docs/perf.md)
 	$(PY) -m tests.bench.budget $(if $(WRITES),--writes $(WRITES),)

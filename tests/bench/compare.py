@@ -11,6 +11,13 @@ timing the first write acknowledged through another member; raftkv also runs its
 `raftctl bench put --clients 64`. It prints the medians of the passes with raftkv/etcd ratios,
 the CPU each process used during the 64-connection writes (% of one core) and memory (RSS),
 and writes all of it as JSON.
+
+    python -m tests.bench.compare --security [--passes 3]
+
+The same passes with raftkv twice instead of raftkv and etcd: open, and with all of SPEC §8
+on (CurveZMQ on every peer link and client endpoint, HTTPS, a bearer token on every REST
+request, the native bench with a client key); the ratio column is secured/open, the cost of
+security. [limits] stays off in both: a rate limit would measure itself.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -32,9 +40,13 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "integration")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "integration"), str(HERE.parent / "http")]
 
 from cluster import RAFTCTL, ProcCluster, run_cli  # noqa: E402
+from curve_keys import ops_key, secure  # noqa: E402
+from tls_helpers import bearer, make_pki, use_tls  # noqa: E402
+
+from raftkvd.http.tokens import Role, add_token  # noqa: E402
 
 LUA = HERE / "workload.lua"
 HOST = "127.0.0.1"
@@ -77,11 +89,15 @@ def children(pid: int) -> list[int]:
 
 
 def http_json(port: int, method: str, path: str, body: dict | None = None,
-              timeout: float = TRY_TIMEOUT_S) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+              timeout: float = TRY_TIMEOUT_S, tls: ssl.SSLContext | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """`tls`: HTTPS trusting that context's CA; `headers`: added (a bearer token)."""
+    connection = (http.client.HTTPConnection(HOST, port, timeout=timeout) if tls is None
+                  else http.client.HTTPSConnection(HOST, port, timeout=timeout, context=tls))
     try:
         data = json.dumps(body).encode() if body is not None else None
-        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        connection.request(method, path, body=data,
+                           headers={"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
         raw = response.read()
         try:
@@ -133,6 +149,10 @@ class System(ABC):
     @abstractmethod
     def write_once(self, node: int, key: str) -> bool: ...
 
+    def wrk_target(self, port: int) -> tuple[str, list[str]]:
+        """wrk's URL for an HTTP port, and the arguments after the system and op (workload.lua)."""
+        return f"http://{HOST}:{port}", []
+
     nodes = (1, 2, 3)
 
 
@@ -173,16 +193,48 @@ class Raftkv(System):
     def restart(self, node: int) -> None:
         self.cluster.start(node)
         self.cluster.wait_http(node)
-        wait(f"node {node} healthy", lambda: http_json(self.http_port(node), "GET", "/health")[0] == 200)
+        wait(f"node {node} healthy", lambda: self._http(node, "GET", "/health")[0] == 200)
 
     def write_once(self, node: int, key: str) -> bool:
-        return http_json(self.http_port(node), "PUT", f"/kv/{key}", {"value": "v"})[0] == 200
+        return self._http(node, "PUT", f"/kv/{key}", {"value": "v"})[0] == 200
+
+    def _http(self, node: int, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        return http_json(self.http_port(node), method, path, body)
+
+    def raftctl_target(self) -> list[str]:
+        """How raftctl reaches (and authenticates to) this cluster."""
+        return ["-e", ",".join(self.cluster.endpoints())]
 
     def native_bench(self) -> dict[str, Any]:
-        result = run_cli(RAFTCTL, "-e", ",".join(self.cluster.endpoints()), "-o", "json", "bench", "put",
+        result = run_cli(RAFTCTL, *self.raftctl_target(), "-o", "json", "bench", "put",
                          "--clients", "64", "--total", str(NATIVE_TOTAL), "--value-size", "100",
                          timeout=600)
         return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+
+
+class SecuredRaftkv(Raftkv):
+    """raftkv with SPEC §8 on: CurveZMQ everywhere, HTTPS, a write token on every request."""
+
+    name = "raftkv-secured"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.key = ops_key(secure(self.cluster))
+        pki = make_pki(root / "tls")
+        use_tls(self.cluster, pki)
+        self.tls = ssl.create_default_context(cafile=str(pki.ca))
+        tokens_file = root / "tokens"
+        self.token = add_token(tokens_file, "bench", Role.WRITE)
+        self.cluster.set_section_key("security", "tokens_file", json.dumps(str(tokens_file)))
+
+    def _http(self, node: int, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        return http_json(self.http_port(node), method, path, body, tls=self.tls, headers=bearer(self.token))
+
+    def raftctl_target(self) -> list[str]:
+        return ["--config", str(self.cluster.config_path), "--key", str(self.key)]
+
+    def wrk_target(self, port: int) -> tuple[str, list[str]]:
+        return f"https://{HOST}:{port}", [self.token]
 
 
 class Etcd(System):
@@ -268,11 +320,12 @@ class Etcd(System):
         return status == 200 and isinstance(reply, dict) and "header" in reply
 
 
-def wrk(port: int, system: str, op: str, connections: int, seconds: int) -> dict[str, Any]:
+def wrk(system: System, port: int, op: str, connections: int, seconds: int) -> dict[str, Any]:
     threads = min(2, connections)
+    url, extra = system.wrk_target(port)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA),
-         f"http://{HOST}:{port}", "--", system, op],
+         url, "--", system.name, op, *extra],
         capture_output=True, text=True, check=True, timeout=seconds + 60)
     line = next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{"))
     return json.loads(line)
@@ -283,7 +336,7 @@ def measured(system: System, op: str, connections: int, seconds: int) -> dict[st
     procs = system.processes()
     before = {role: cpu_ticks(pid) for role, pid in procs.items()}
     started = time.monotonic()
-    result = wrk(system.http_port(system.leader()), system.name, op, connections, seconds)
+    result = wrk(system, system.http_port(system.leader()), op, connections, seconds)
     wall = time.monotonic() - started
     result["cpu_percent"] = {role: round(100 * (cpu_ticks(pid) - before[role]) / CLK_TCK / wall, 1)
                              for role, pid in procs.items()}
@@ -341,7 +394,8 @@ def ensure_etcd() -> None:
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def summarize(passes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarize(passes: dict[str, list[dict[str, Any]]], subject: str, baseline: str) -> dict[str, Any]:
+    """Medians of each system's passes, and subject/baseline."""
     def med(system: str, pick: Any) -> float:
         return statistics.median(pick(p) for p in passes[system])
 
@@ -350,13 +404,16 @@ def summarize(passes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "REST writes, 1 connection, p50 (ms)": lambda p: p["writes_1"]["p50_ms"],
         "linearizable REST reads, 64 connections (req/s)": lambda p: p["reads_64"]["requests_per_s"],
         "failover, kill -9 -> first write (ms)": lambda p: statistics.median(p["failover_ms"]),
+        "native raftctl bench put, 64 clients (ops/s)":
+            lambda p: p["native_put_64"].get("ops_per_sec", 0.0) if "native_put_64" in p else None,
     }
     table = {}
     for label, pick in rows.items():
-        raftkv, etcd = med("raftkv", pick), med("etcd", pick)
-        table[label] = {"raftkv": raftkv, "etcd": etcd, "ratio": round(raftkv / etcd, 2) if etcd else None}
-    native = [p["native_put_64"].get("ops_per_sec", 0.0) for p in passes["raftkv"]]
-    table["native raftctl bench put, 64 clients (ops/s)"] = {"raftkv": statistics.median(native)}
+        row = {name: med(name, pick) for name in (subject, baseline)
+               if all(pick(p) is not None for p in passes[name])}
+        if baseline in row:
+            row["ratio"] = round(row[subject] / row[baseline], 2) if row[baseline] else None
+        table[label] = row
     return table
 
 
@@ -375,12 +432,13 @@ def cpu_split(passes: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {kind: statistics.median(values) for kind, values in sorted(samples.items())}
 
 
-def print_report(table: dict[str, Any], passes: dict[str, list[dict[str, Any]]]) -> None:
-    print(f"\n{'':52} {'raftkv':>10} {'etcd':>10} {'raftkv/etcd':>12}")
+def print_report(table: dict[str, Any], passes: dict[str, list[dict[str, Any]]], subject: str,
+                 baseline: str) -> None:
+    print(f"\n{'':52} {subject:>14} {baseline:>10} {subject + '/' + baseline:>22}")
     for label, row in table.items():
-        etcd = f"{row['etcd']:.2f}" if "etcd" in row else "-"
+        other = f"{row[baseline]:.2f}" if baseline in row else "-"
         ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"
-        print(f"{label:52} {row['raftkv']:>10.2f} {etcd:>10} {ratio:>12}")
+        print(f"{label:52} {row[subject]:>14.2f} {other:>10} {ratio:>22}")
     for name, runs in passes.items():
         split = cpu_split(runs, "writes_64")
         print(f"{name} CPU during 64-connection writes (% of a core, median per process): "
@@ -395,14 +453,23 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--duration", type=int, default=20, help="seconds of each 64-connection run")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/bench-compare.json"))
-    parser.add_argument("--only", choices=["raftkv", "etcd"], help="one system (no ratios)")
+    parser.add_argument("--out", type=Path, help="JSON report (default artifacts/bench-compare.json, "
+                                                 "or bench-security.json with --security)")
+    parser.add_argument("--security", action="store_true",
+                        help="raftkv with SPEC §8 on against raftkv open, instead of against etcd")
+    parser.add_argument("--only", help="run one of the two systems (no ratios)")
     args = parser.parse_args()
-    ensure_etcd()
-    passes: dict[str, list[dict[str, Any]]] = {"raftkv": [], "etcd": []}
-    makers = {"raftkv": Raftkv, "etcd": Etcd}
+    makers: dict[str, type[System]] = (
+        {SecuredRaftkv.name: SecuredRaftkv, Raftkv.name: Raftkv} if args.security
+        else {Raftkv.name: Raftkv, Etcd.name: Etcd})
+    subject, baseline = makers
+    if args.only is not None and args.only not in makers:
+        parser.error(f"--only: one of {', '.join(makers)}")
+    out = args.out or Path(f"artifacts/bench-{'security' if args.security else 'compare'}.json")
+    ensure_etcd()  # and wrk
+    passes: dict[str, list[dict[str, Any]]] = {name: [] for name in makers}
     for number in range(args.passes):
-        order = ["etcd", "raftkv"] if number % 2 == 0 else ["raftkv", "etcd"]
+        order = [baseline, subject] if number % 2 == 0 else [subject, baseline]
         for name in order:
             if args.only and name != args.only:
                 continue
@@ -416,11 +483,11 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
     if args.only:
         return
-    table = summarize(passes)
-    print_report(table, passes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"table": table, "passes": passes}, indent=2))
-    print(f"\nwritten to {args.out}")
+    table = summarize(passes, subject, baseline)
+    print_report(table, passes, subject, baseline)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"table": table, "passes": passes}, indent=2))
+    print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 -- The one wrk workload of `make bench-compare`, for both systems, so they do the same work:
 -- 100-byte values over 10,000 keys, each thread walking the key space from its own offset.
---   wrk ... -s tests/bench/workload.lua http://127.0.0.1:PORT -- raftkv|etcd put|get
+--   wrk ... -s tests/bench/workload.lua http://127.0.0.1:PORT -- raftkv|etcd put|get [TOKEN]
 -- raftkv: PUT /kv/bench/NNNNN {"value": ...}, GET /kv/bench/NNNNN (linearizable, the default).
 -- etcd (v3 JSON gateway): POST /v3/kv/put {"key", "value"} and POST /v3/kv/range {"key"},
 -- base64-encoded as the gateway wants; a range is linearizable unless asked otherwise.
@@ -36,6 +36,7 @@ local keys64 = {}
 
 function init(args)
   system, op = args[1] or system, args[2] or op
+  if args[3] then headers["Authorization"] = "Bearer " .. args[3] end  -- raftkv with tokens on
   if system == "etcd" then  -- encode once, so that the load generator costs the same for both
     for i = 0, KEYS - 1 do keys64[i] = base64(string.format("bench/%05d", i)) end
   end

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import zmq
 from cluster import RAFTCTL, ProcCluster, run_cli, wait_for
+from curve_keys import follow_keys, ops_key, secure
 
 from raftkv.curve import (
     CLIENTS_DIR,
-    ClientCurve,
     KeyPair,
-    ServerKeys,
     keygen,
     load_public,
     load_secret,
@@ -32,40 +31,14 @@ from raftkvd.raft.messages import Message, MessageType
 
 pytestmark = pytest.mark.timeout(120)
 
-CLIENT = "ops"
 REFUSAL_DEADLINE_S = 3.0
 """raftctl --timeout in the refusal tests: a refusal must come well before it."""
-
-
-def secure(cluster: ProcCluster) -> Path:
-    """Keys for every node and the client `ops`, [security] curve_dir, and the harness's own
-    requests made with the `ops` key; returns the curve_dir."""
-    curve_dir = cluster.root / "curve"
-    for node_id in cluster.ids:
-        keygen(curve_dir, node_key_name(node_id))
-    keygen(curve_dir / CLIENTS_DIR, CLIENT)
-    cluster.set_section_key("security", "curve_dir", json.dumps(str(curve_dir)))
-    follow_keys(cluster, curve_dir)
-    return curve_dir
-
-
-def follow_keys(cluster: ProcCluster, curve_dir: Path) -> None:
-    cluster.curve = ClientCurve(client_secret(curve_dir),
-                                ServerKeys(curve_dir, {s.client: i for i, s in cluster.specs.items()}))
-
-
-def client_secret(curve_dir: Path, name: str = CLIENT) -> KeyPair:
-    return load_secret(curve_dir / CLIENTS_DIR / f"{name}.key_secret")
 
 
 def raftctl(cluster: ProcCluster, key: Path | None, *args: str, timeout: float = 5.0):
     keyed = ["--key", str(key)] if key is not None else []
     return run_cli(RAFTCTL, "--config", str(cluster.config_path), "--timeout", str(timeout), *keyed,
                    *args)
-
-
-def ops_key(curve_dir: Path) -> Path:
-    return curve_dir / CLIENTS_DIR / f"{CLIENT}.key_secret"
 
 
 def rejected(cluster: ProcCluster, node_id: int, endpoint: str) -> float:

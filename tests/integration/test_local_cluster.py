@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cluster import HOST, RAFTCTL, RAFTKVD, ProcCluster, run_cli
-from test_curve import ops_key, secure
+from curve_keys import ops_key, secure
 
 pytestmark = pytest.mark.timeout(120)
 
