@@ -69,10 +69,12 @@ class Transport:
         clock: Callable[[], float] = time.monotonic,
         serve: Callable[[zmq.Socket], None] | None = None,
         dial: Callable[[zmq.Socket, int], bool] | None = None,
+        source: str | None = None,
     ) -> None:
         """`peers` may include this node's own id (the whole cluster); it is skipped.
         `serve(router)` before bind and `dial(dealer, peer id)` before connect secure the links
-        (False from `dial`: no link to that peer)."""
+        (False from `dial`: no link to that peer). `source`: the local IP address every link
+        to a peer is dialed from (default: the kernel's choice)."""
         self.node_id = node_id
         self.malformed_total = 0
         self.misrouted_total = 0
@@ -89,6 +91,7 @@ class Transport:
         self._stats: dict[int, PeerStats] = {}
         self._serve = serve
         self._dial = dial
+        self._source = source
         self._router = self._bind_router(bind_endpoint)
         for peer_id, endpoint in peers.items():
             self.add_peer(peer_id, endpoint)
@@ -146,7 +149,9 @@ class Transport:
         if self._dial is not None and not self._dial(dealer, peer_id):
             dealer.close()
             return
-        dealer.connect(endpoint)
+        # ZeroMQ's "tcp://SOURCE:0;HOST:PORT" binds the connection's local address first.
+        dealer.connect(endpoint if self._source is None
+                       else f"tcp://{self._source}:0;{endpoint.removeprefix('tcp://')}")
         self._dealers[peer_id] = dealer
         self._endpoints[peer_id] = endpoint
         self._stats[peer_id] = PeerStats()

@@ -89,9 +89,12 @@ def raft_config(settings: Settings, applied: int) -> RaftConfig:
 
 class Node:
     def __init__(self, settings: Settings, ctx: zmq.Context | None = None, *,
-                 raft_bind: str | None = None, reads: type[Reads] = Reads) -> None:
+                 raft_bind: str | None = None, raft_source: str | None = None,
+                 reads: type[Reads] = Reads) -> None:
         """`raft_bind`: bind the Raft ROUTER there instead of the node's `raft` address,
         which peers keep dialing (tests/chaos puts a fault proxy between the two).
+        `raft_source`: the local IP address the links to peers are dialed from (tests/chaos
+        gives each node its own, so that the proxy tells the links apart even under CURVE).
         `reads`: the read path (tests/chaos passes a broken one to prove its checker)."""
         self.settings = settings
         self.id = settings.node.id
@@ -100,13 +103,13 @@ class Node:
                                 settings.cluster.max_value_bytes, settings.log_level,
                                 settings.cluster.security, settings.cluster.limits)
         try:
-            self._open(settings, ctx, raft_bind or settings.node.raft, reads)
+            self._open(settings, ctx, raft_bind or settings.node.raft, raft_source, reads)
         except BaseException:
             self.http.stop()
             raise
 
     def _open(self, settings: Settings, ctx: zmq.Context | None, raft_bind: str,
-              reads: type[Reads]) -> None:
+              raft_source: str | None, reads: type[Reads]) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.raft_bind = raft_bind
         self.env = LmdbEnv(settings.node.data_dir, settings.cluster.map_size_bytes)
@@ -125,7 +128,8 @@ class Node:
             serve_client = functools.partial(self.gate.serve, domain=CLIENT_DOMAIN)
             dial = keys.dial
         self.transport = _bind_retrying(lambda: Transport(self.ctx, self.id, raft_bind, {},
-                                                          serve=serve_raft, dial=dial))
+                                                          serve=serve_raft, dial=dial,
+                                                          source=raft_source))
         limits = settings.cluster.limits
         self.client = _bind_retrying(
             lambda: ClientEndpoint(self.ctx, settings.node.client, settings.cluster.max_value_bytes,
