@@ -3,9 +3,12 @@
 Each node's advertised `raft` address (the one in the cluster file, which every peer dials) is a
 front port of this proxy; the node itself binds elsewhere (node_main.py passes the
 bind address in) and the proxy forwards every accepted connection there. All peers of node
-j dial the same front port, so the proxy tells the links apart by sniffing the connecting DEALER's
-identity (raftkvd sets it to the node id) from the ZMTP 3 handshake: the READY command's
-`Identity` property. One front per node, faults per directed link (i -> j).
+j dial the same front port, so the proxy tells the links apart by where they come from: each
+node dials its peers from a loopback address of its own (`FaultNet.source`, 127.0.0.100+id;
+node_main.py passes it in as the node's `raft_source`), and the proxy maps a connection's source
+IP to the node id. That works the same with CurveZMQ on the links, where the handshake's
+metadata (the DEALER's identity) is encrypted. One front per node, faults per directed link
+(i -> j).
 
 A DEALER->ROUTER connection from i to j carries i's messages to j (plus ZMTP heartbeats both
 ways); j's answers travel over j's own DEALER, link (j -> i). A one-way partition i -/-> j is a
@@ -17,7 +20,7 @@ Faults are only what a network can do to TCP users, never corrupted or reordered
   ZeroMQ's queues, then sends fail; ZeroMQ's heartbeat gives up on the connection after a few
   seconds and redials into the same hole. On heal the held bytes flow again (a long stall), or
   the connections are reset (what a real timeout would have done).
-- CUT: connections are reset, and new ones are reset right after the handshake is sniffed;
+- CUT: connections are reset, and new ones are reset as soon as they are accepted;
   everything in flight is lost, ZeroMQ keeps redialing.
 - FLAKY: connections are reset at random times and stall at random: message loss as a lossy
   network presents it to TCP users.
@@ -38,15 +41,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
+SOURCE_BASE = "127.0.0."
+SOURCE_OFFSET = 100
+"""Node N dials its peers from 127.0.0.(100+N): Linux routes all of 127.0.0.0/8 to lo."""
 CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 256
 """Chunks held per direction of a connection before its reader stops (backpressure)."""
 CONNECT_TIMEOUT_S = 1.0
 CALL_TIMEOUT_S = 10.0
-ZMTP_GREETING_BYTES = 64
-MAX_SNIFF_BYTES = 4096
-"""A handshake longer than this is not the ZMTP 3 we know: the connection stays unidentified."""
-NEED_MORE = object()
 
 
 class Mode(enum.Enum):
@@ -85,44 +87,21 @@ def flaky(resets_per_s: float, stall_s: float) -> Fault:
     return Fault(Mode.FLAKY, resets_per_s=resets_per_s, stall_s=stall_s)
 
 
-def zmtp_identity(data: bytes) -> object:
-    """The identity a ZMTP 3 peer announces in its READY command: bytes, None when the stream is
-    not what we expect, or NEED_MORE when the handshake is still incomplete.
+def source_address(node_id: int) -> str:
+    """The loopback address node `node_id` dials its peers from."""
+    if not 0 < node_id < 256 - SOURCE_OFFSET:
+        raise ValueError(f"node id {node_id} has no source address (1..{255 - SOURCE_OFFSET})")
+    return f"{SOURCE_BASE}{SOURCE_OFFSET + node_id}"
 
-    Layout (rfc.zeromq.org/spec/23): a 64-byte greeting, then a command frame: flags (0x04 short,
-    0x06 long), size (1 or 8 bytes), name length + "READY", then properties, each a 1-byte name
-    length, the name, a 4-byte big-endian value length and the value.
-    """
-    if len(data) < ZMTP_GREETING_BYTES + 2:
-        return NEED_MORE
-    if data[0] != 0xFF or data[9] != 0x7F or data[10] < 3:
-        return None
-    pos = ZMTP_GREETING_BYTES
-    flags = data[pos]
-    if flags not in (0x04, 0x06):
-        return None
-    size_len = 8 if flags & 0x02 else 1
-    if len(data) < pos + 1 + size_len:
-        return NEED_MORE
-    size = int.from_bytes(data[pos + 1 : pos + 1 + size_len], "big")
-    start = pos + 1 + size_len
-    if len(data) < start + size:
-        return NEED_MORE
-    body = data[start : start + size]
-    name_len = body[0]
-    if body[1 : 1 + name_len] != b"READY":
-        return None
-    i = 1 + name_len
-    while i < len(body):
-        plen = body[i]
-        name = body[i + 1 : i + 1 + plen]
-        i += 1 + plen
-        (vlen,) = struct.unpack(">I", body[i : i + 4])
-        value = body[i + 4 : i + 4 + vlen]
-        i += 4 + vlen
-        if name in (b"Identity", b"Routing-Id"):
-            return value
-    return b""
+
+def _check_bindable(address: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            raise RuntimeError(f"cannot bind the loopback address {address} ({exc.strerror}): the "
+                               "fault proxy tells peer links apart by their source address, and needs "
+                               "127.0.0.0/8 routed to lo (as Linux does)") from None
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -164,8 +143,6 @@ class _Conn:
     up_r: asyncio.StreamReader | None = None
     up_w: asyncio.StreamWriter | None = None
     link: _Link | None = None
-    sniffed: bytearray = field(default_factory=bytearray)
-    identified: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
 
@@ -183,6 +160,7 @@ class _Conn:
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+        self.net.open.discard(self)
         if self.link is not None:
             self.link.conns.discard(self)
 
@@ -196,6 +174,7 @@ class _Conn:
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+        self.net.open.discard(self)
         if self.link is not None:
             self.link.conns.discard(self)
 
@@ -210,6 +189,10 @@ class FaultNet:
         self.avoid_ports = avoid_ports
         self.backends: dict[int, int] = {}
         self.fronts: dict[int, int] = {}
+        self.sources: dict[str, int] = {}
+        """Source IP -> the node that dials from it."""
+        self.open: set[_Conn] = set()
+        """Every connection not closed yet, on a link or not (all reset by `close`)."""
         self.stats: Counter[str] = Counter()
         self._links: dict[tuple[int, int], _Link] = {}
         self._servers: list[asyncio.base_events.Server] = []
@@ -219,7 +202,11 @@ class FaultNet:
 
     # ---- called from other threads ----------------------------------------------------------
     def add_node(self, node_id: int, backend_port: int) -> int:
-        """Listen on a free front port for `node_id`, forwarding to `backend_port`; returns it."""
+        """Listen on a free front port for `node_id`, forwarding to `backend_port`; returns it.
+        The node must dial its peers from `source(node_id)`."""
+        address = source_address(node_id)
+        _check_bindable(address)
+        self.sources[address] = node_id
         self.backends[node_id] = backend_port
         port = self._call(self._listen(node_id))
         self.fronts[node_id] = port
@@ -236,6 +223,11 @@ class FaultNet:
     def faults(self) -> dict[tuple[int, int], Fault]:
         """The links that are not healthy now."""
         return {k: link.fault for k, link in list(self._links.items()) if link.fault.mode is not Mode.OK}
+
+    @staticmethod
+    def source(node_id: int) -> str:
+        """The local address node `node_id` must dial its peers from (its `raft_source`)."""
+        return source_address(node_id)
 
     def connections(self) -> dict[tuple[int, int], int]:
         return {k: len(link.conns) for k, link in list(self._links.items())}
@@ -289,7 +281,8 @@ class FaultNet:
             if link.flaky_task is not None:
                 link.flaky_task.cancel()
             link.flowing.set()
-            link.reset_all()
+        for conn in list(self.open):
+            conn.reset()
 
     async def _set_faults(self, faults: dict[tuple[int, int], Fault], reset_on_heal: bool) -> None:
         for (src, dst), fault in faults.items():
@@ -330,38 +323,36 @@ class FaultNet:
 
     async def _accept(self, dst: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(self, dst, reader, writer)
+        self.open.add(conn)
         self.stats["accepted"] += 1
+        if not self._identify(conn, writer.get_extra_info("peername")):
+            return
         try:
             conn.up_r, conn.up_w = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.backends[dst]), CONNECT_TIMEOUT_S
             )
         except (OSError, TimeoutError):
             self.stats["backend_down"] += 1
-            _reset(writer)
+            conn.reset()
+            return
+        if conn.closed:  # cut while we connected
+            _reset(conn.up_w)
             return
         to_up: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(QUEUE_CHUNKS)
         to_client: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(QUEUE_CHUNKS)
         loop = asyncio.get_running_loop()
         conn.tasks = [
-            loop.create_task(self._read(conn, reader, to_up, sniff=True)),
+            loop.create_task(self._read(conn, reader, to_up)),
             loop.create_task(self._write(conn, to_up, conn.up_w)),
-            loop.create_task(self._read(conn, conn.up_r, to_client, sniff=False)),
+            loop.create_task(self._read(conn, conn.up_r, to_client)),
             loop.create_task(self._write(conn, to_client, writer)),
         ]
 
-    def _identify(self, conn: _Conn, data: bytes) -> bool:
-        """Sniff the connecting peer's id; False if the connection was cut on the spot."""
-        conn.sniffed += data
-        found = zmtp_identity(bytes(conn.sniffed))
-        if found is NEED_MORE and len(conn.sniffed) < MAX_SNIFF_BYTES:
-            return True
-        conn.identified = True
-        conn.sniffed = bytearray()
-        try:
-            src = int(found) if isinstance(found, bytes) and found else None
-        except ValueError:
-            src = None
-        if src is None or src not in self.backends:
+    def _identify(self, conn: _Conn, peer: object) -> bool:
+        """Put the connection on its link (i -> dst) by its source address; False if the link
+        is cut and so was the connection. An unknown source stays on no link (never faulted)."""
+        src = self.sources.get(peer[0]) if isinstance(peer, tuple) and peer else None
+        if src is None or src == conn.dst:
             self.stats["unidentified"] += 1
             return True
         link = self._link(src, conn.dst)
@@ -383,7 +374,7 @@ class FaultNet:
         return max(now + max(0.0, wait), last)  # one TCP stream: never overtake earlier bytes
 
     async def _read(self, conn: _Conn, reader: asyncio.StreamReader,
-                    queue: asyncio.Queue[tuple[float, bytes | None]], sniff: bool) -> None:
+                    queue: asyncio.Queue[tuple[float, bytes | None]]) -> None:
         last = 0.0
         try:
             while True:
@@ -391,8 +382,6 @@ class FaultNet:
                 data = await reader.read(CHUNK_BYTES)
                 if not data:
                     break
-                if sniff and not conn.identified and not self._identify(conn, data):
-                    return
                 last = self._due(conn, last)
                 await queue.put((last, data))
         except (OSError, asyncio.IncompleteReadError):

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +62,9 @@ class ChaosConfig:
     check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
     unsafe_local_reads: bool = False
     """Test only: nodes serve linearizable reads locally (the checker's own test must catch it)."""
+    secure: bool = False
+    """SPEC §8 on: CurveZMQ on peer links and client endpoints, HTTPS and bearer tokens on REST;
+    every client, probe and status query of the run authenticates."""
     workdir: Path | None = None
     """Cluster data, logs, the history and the report; a temporary dir (removed when the run is
     clean) when None."""
@@ -110,10 +113,12 @@ class ChaosReport:
         cats = ", ".join(f"{c} {self.fault_categories.get(c, 0)}" for c in CATEGORIES)
         lines = [
             f"chaos run: {cfg.nodes} nodes, {cfg.clients} clients, seed {self.seed}, "
-            f"{self.chaos_s:.0f}s of faults, {self.elapsed_s:.0f}s in total",
+            + ("secured (CurveZMQ, HTTPS, tokens), " if cfg.secure else "")
+            + f"{self.chaos_s:.0f}s of faults, {self.elapsed_s:.0f}s in total",
             f"operations checked: {self.operations} ({self.completed} completed, {self.indeterminate} "
             f"indeterminate) on {self.keys_checked} keys in {self.check_s:.1f}s: "
             + {True: "linearizable", False: "NOT LINEARIZABLE", None: "undecided"}[self.linearizable],
+            f"clients: {self._outcomes()}",
             f"faults injected: {sum(self.faults.values())} ({kinds})",
             f"fault categories: {cats}",
             f"write recovery after heal: max {rec[-1] if rec else 0:.2f}s, median "
@@ -132,6 +137,18 @@ class ChaosReport:
         if self.workdir:
             lines.append(f"workdir: {self.workdir}")
         return "\n".join(lines)
+
+
+    def _outcomes(self) -> str:
+        """Per API (raftctl, rest) how many operations ended how, and the commonest errors."""
+        per_api: dict[str, Counter[str]] = defaultdict(Counter)
+        for name, n in self.by_outcome.items():
+            api, _, outcome = name.split(".")
+            per_api[api][outcome] += n
+        apis = "; ".join(f"{api} " + ", ".join(f"{o} {n}" for o, n in sorted(c.items()))
+                         for api, c in sorted(per_api.items()))
+        errors = ", ".join(f"{e} x{n}" for e, n in Counter(self.client_errors).most_common(4))
+        return f"{apis or 'none'}" + (f" (errors: {errors})" if errors else "")
 
 
 class Monitor:
@@ -206,7 +223,7 @@ def run_chaos(config: ChaosConfig, log: Callable[[str], None] | None = None) -> 
     keys = KeySpace(config.keys_per_epoch, config.epoch_s)
     cluster = ChaosCluster(workdir / "cluster", config.nodes, seed=rng.randrange(1 << 31),
                            snapshot_threshold=config.snapshot_threshold,
-                           unsafe_local_reads=config.unsafe_local_reads)
+                           unsafe_local_reads=config.unsafe_local_reads, secure=config.secure)
     workload: Workload | None = None
     monitor: Monitor | None = None
     try:
@@ -215,7 +232,8 @@ def run_chaos(config: ChaosConfig, log: Callable[[str], None] | None = None) -> 
         workload = Workload(
             recorder, keys, cluster.endpoints(),
             [("127.0.0.1", cluster.specs[i].http_port) for i in cluster.ids],
-            clients=config.clients, seed=rng.randrange(1 << 31),
+            clients=config.clients, seed=rng.randrange(1 << 31), curve=cluster.curve,
+            rest_tls=cluster.rest.ssl_context(), rest_headers=cluster.rest.headers(),
         )
         nemesis = Nemesis(cluster, recorder, keys, random.Random(rng.randrange(1 << 31)), config.kinds,
                           config.hold_s, config.quiet_s, config.long_hold_s, config.long_hold_share,
@@ -246,8 +264,8 @@ def run_chaos(config: ChaosConfig, log: Callable[[str], None] | None = None) -> 
         report.client_errors = dict(workload.errors)
         report.proxy = dict(cluster.net.stats)
         if cluster.net.stats.get("unidentified"):
-            report.anomalies.append(f"{cluster.net.stats['unidentified']} peer connections were not "
-                                    "identified by the proxy: their link faults were not applied")
+            report.anomalies.append(f"{cluster.net.stats['unidentified']} peer connections came from no "
+                                    "node's source address: the proxy applied no link faults to them")
         history = recorder.operations()
         _save_history(workdir / "history.jsonl", history)
         say(f"chaos: checking {len(history)} operations")
@@ -278,7 +296,7 @@ def _print_err(line: str) -> None:
 def _final_reads(cluster: ChaosCluster, recorder: Recorder, keys: KeySpace, report: ChaosReport) -> None:
     """Read every key ever used, linearizably, into the history: acknowledged writes must be there."""
     deadline = time.monotonic() + FINAL_READ_TIMEOUT_S
-    with Client(cluster.endpoints(), timeout=5.0) as client:
+    with Client(cluster.endpoints(), timeout=5.0, curve=cluster.curve) as client:
         for key in keys.all_keys():
             while True:
                 handle = recorder.invoke("final", OpKind.GET, key)

@@ -46,6 +46,7 @@ from linearizability import OpKind
 from workload import KeySpace
 
 from raftctl import Client
+from raftkv.curve import KeyPair, as_client
 from raftkv.frames import FrameError, decode_client, encode_client
 
 KIND_CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -355,7 +356,7 @@ class Nemesis:
         cluster = self.cluster
         applied.categories += KIND_CATEGORIES["isolated-leader-reads"]
         key = self.keys.special_key("nemesis")
-        with Client(cluster.endpoints(), timeout=3.0) as client:
+        with Client(cluster.endpoints(), timeout=3.0, curve=cluster.curve) as client:
             if not self._recorded_put(client, "nemesis", key):
                 applied.detail.append("skipped: no write before isolation")
                 return
@@ -364,14 +365,16 @@ class Nemesis:
             applied.detail.append("skipped: no leader")
             return
         others = [i for i in cluster.ids if i != leader]
-        reader = _Reader(cluster.ctx, cluster.specs[leader].client, self.recorder)
+        endpoint = cluster.specs[leader].client
+        reader = _Reader(cluster.ctx, endpoint, self.recorder,
+                         None if cluster.curve is None else cluster.curve.for_endpoint(endpoint))
         try:
             reader.connect()
             cluster.pause(leader)
             self._faults([(leader, o) for o in others] + [(o, leader) for o in others], BLACKHOLE)
             written = False
             deadline = time.monotonic() + MAJORITY_WRITE_S
-            with Client(cluster.endpoints(others), timeout=2.0) as client:
+            with Client(cluster.endpoints(others), timeout=2.0, curve=cluster.curve) as client:
                 while not written and time.monotonic() < deadline and not self.stop_event.is_set():
                     written = self._recorded_put(client, "nemesis", key)
             for _ in range(STALE_READS):  # queued in the sleeping node's socket
@@ -400,7 +403,8 @@ class Nemesis:
     def probe_recovery(self, kind: str, healed: float) -> float | None:
         """Seconds from the heal until a write is acknowledged; an anomaly beyond WRITE_RECOVERY_S."""
         key = self.keys.special_key("probe")
-        with Client(self.cluster.endpoints(), timeout=PROBE_TRY_TIMEOUT_S) as client:
+        with Client(self.cluster.endpoints(), timeout=PROBE_TRY_TIMEOUT_S,
+                    curve=self.cluster.curve) as client:
             while time.monotonic() - healed < PROBE_GIVE_UP_S:
                 if self._recorded_put(client, "probe", key):
                     took = time.monotonic() - healed
@@ -418,11 +422,14 @@ class Nemesis:
 class _Reader:
     """Linearizable gets pipelined on one DEALER straight to one node (no redirects), recorded."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, recorder: Recorder) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, recorder: Recorder,
+                 curve: tuple[KeyPair, bytes] | None = None) -> None:
         self.recorder = recorder
         self.endpoint = endpoint
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # (own key pair, the node's public key)
+            as_client(self.socket, *curve)
         self.pending: dict[int, int] = {}  # request id -> recorder handle
         self._ids = itertools.count(1)
 

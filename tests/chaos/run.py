@@ -1,4 +1,5 @@
 """Chaos runs against real raftkvd clusters: `python -m tests.chaos.run --duration 600 --nodes 5`.
+`--secure` runs them with the cluster's security on (CurveZMQ, HTTPS, bearer tokens).
 
 Starts a cluster of real processes on free loopback ports with a fault proxy on every peer link,
 runs clients and the nemesis for --duration seconds (repeated --runs times, alternating 3 and 5
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(ALL_KINDS),
                         help=f"comma-separated fault kinds (default: all: {', '.join(ALL_KINDS)})")
     parser.add_argument("--workdir", type=Path, help="keep every run's data, logs and history here")
+    parser.add_argument("--secure", action="store_true",
+                        help="security on (SPEC §8): CurveZMQ on peer links and client endpoints, "
+                             "HTTPS and bearer tokens for REST")
     parser.add_argument("--unsafe-local-reads", action="store_true",
                         help="TEST ONLY: break the read path (nodes answer reads locally); must fail")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-fault progress lines")
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ChaosConfig(
             duration_s=args.duration, nodes=nodes, clients=args.clients,
             seed=None if args.seed is None else args.seed + n, kinds=kinds,
-            unsafe_local_reads=args.unsafe_local_reads, verbose=not args.quiet,
+            unsafe_local_reads=args.unsafe_local_reads, secure=args.secure, verbose=not args.quiet,
             workdir=args.workdir / f"run{n + 1}" if args.workdir else None,
         )
         report = run_chaos(config)

@@ -1,8 +1,9 @@
 """Chaos against real raftkvd processes: kill -9, SIGSTOP, partitions (majority/minority, isolated
 leader, one-way), delayed and dropped peer traffic through a TCP fault proxy, with clients on
 raftctl.Client and on REST; the history must be linearizable, every node must converge and the
-cluster must take writes within 5 s of every heal. And the harness has teeth: a node that serves
-linearizable reads locally, without ReadIndex, is caught.
+cluster must take writes within 5 s of every heal; the same with the cluster's security on
+(CurveZMQ, HTTPS, bearer tokens). And the harness has teeth: a node that serves linearizable
+reads locally, without ReadIndex, is caught.
 
 Longer runs: `python -m tests.chaos.run --duration 600 --nodes 5` (see run.py).
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from faultproxy import BLACKHOLE, CUT, NEED_MORE, FaultNet, delay, zmtp_identity
+from faultproxy import BLACKHOLE, CUT, FaultNet, delay
 from harness import ChaosConfig, run_chaos
 from nemesis import ALL_KINDS, CATEGORIES
 
@@ -22,28 +23,26 @@ DEFAULT_RUN_S = 60.0
 MIN_OPERATIONS = 2000
 """A 60 s run checks several thousand operations; far fewer means the clients were stuck."""
 
-# What a DEALER with identity b"3" sends when it connects (captured from libzmq 4.3).
-GREETING = b"\xff" + b"\x00" * 7 + b"\x02\x7f\x03\x01NULL" + b"\x00" * 48
-READY = b"\x04*\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER\x08Identity\x00\x00\x00\x013"
-
-
-def test_proxy_reads_the_peer_id_from_the_zmtp_ready_command() -> None:
-    assert zmtp_identity(GREETING + READY) == b"3"
-    assert zmtp_identity(GREETING + READY[:10]) is NEED_MORE
-    assert zmtp_identity(GREETING[:30]) is NEED_MORE
-    assert zmtp_identity(b"GET / HTTP/1.1\r\n" + b"x" * 80) is None
+SECURE_RUN_S = 20.0
+"""Short: every fault kind still runs once (the nemesis covers them all however short the run)."""
+MIN_SECURE_OPERATIONS = 600
 
 
 class _Pair:
-    """DEALERs with identities 1 and 3 dialing node 2's front; node 2 is a ROUTER."""
+    """DEALERs of nodes 1 and 3 dialing node 2's front from their source addresses, as raftkvd's
+    transport does (node_main.py --raft-source); node 2 is a ROUTER. `curve`: all of it
+    CurveZMQ, so the proxy cannot read the handshake (it needs not)."""
 
-    def __init__(self) -> None:
+    def __init__(self, curve: bool = False) -> None:
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # as raftkvd's transport
+        server_public, server_secret = zmq.curve_keypair()
+        if curve:
+            self.router.curve_secretkey, self.router.curve_server = server_secret, True
         backend = self.router.bind_to_random_port("tcp://127.0.0.1")
         self.net = FaultNet()
-        front = self.net.add_node(2, backend)
+        self.front = self.net.add_node(2, backend)
         for other in (1, 3):
             self.net.add_node(other, 1)  # never dialed
         self.dealers = {}
@@ -52,7 +51,10 @@ class _Pair:
             dealer.setsockopt(zmq.IDENTITY, str(node_id).encode())
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # as raftkvd's transport: no queueing on a dead link
-            dealer.connect(f"tcp://127.0.0.1:{front}")
+            if curve:
+                dealer.curve_publickey, dealer.curve_secretkey = zmq.curve_keypair()
+                dealer.curve_serverkey = server_public
+            dealer.connect(f"tcp://{self.net.source(node_id)}:0;127.0.0.1:{self.front}")
             self.dealers[node_id] = dealer
 
     def exchange(self, window: float = 0.5) -> dict[bytes, list[bytes]]:
@@ -94,7 +96,15 @@ def pair():
     p.close()
 
 
-def test_proxy_faults_one_directed_link_and_leaves_the_others(pair: _Pair) -> None:
+@pytest.fixture(params=[False, True], ids=["plain", "curve"])
+def any_pair(request: pytest.FixtureRequest):
+    p = _Pair(curve=request.param)
+    yield p
+    p.close()
+
+
+def test_proxy_faults_one_directed_link_and_leaves_the_others(any_pair: _Pair) -> None:
+    pair = any_pair
     pair.wait_connected(1)
     pair.wait_connected(3)
     assert pair.exchange() == {b"1": [b"from 1"], b"3": [b"from 3"]}
@@ -103,6 +113,21 @@ def test_proxy_faults_one_directed_link_and_leaves_the_others(pair: _Pair) -> No
     pair.net.heal()
     pair.wait_connected(1)
     assert pair.exchange() == {b"1": [b"from 1"], b"3": [b"from 3"]}
+    assert pair.net.stats["identified"] >= 3 and pair.net.stats["unidentified"] == 0
+
+
+def test_proxy_leaves_a_connection_from_no_nodes_address_unfaulted_and_counts_it(pair: _Pair) -> None:
+    stranger = pair.ctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.IDENTITY, b"9")
+    stranger.setsockopt(zmq.LINGER, 0)
+    try:
+        stranger.connect(f"tcp://127.0.0.1:{pair.front}")  # the kernel's source address: 127.0.0.1
+        pair.net.set_faults({(1, 2): CUT, (3, 2): CUT})
+        stranger.send(b"from 9")
+        assert pair.receive(2.0, expect=1) == {b"9": [b"from 9"]}
+        assert pair.net.stats["unidentified"] == 1
+    finally:
+        stranger.close(0)
 
 
 def test_proxy_delay_holds_messages_in_order(pair: _Pair) -> None:
@@ -142,6 +167,21 @@ def test_chaos_history_stays_linearizable_under_every_fault_kind(tmp_path: Path)
     assert all(report.fault_categories.get(c, 0) > 0 for c in CATEGORIES), detail
     assert report.operations >= MIN_OPERATIONS, detail
     assert report.converge_s is not None and report.final_recovery_s is not None, detail
+
+
+def test_chaos_with_security_on_stays_linearizable_under_every_fault_kind(tmp_path: Path) -> None:
+    """CurveZMQ on the peer links (through the proxy, which tells them apart by source address)
+    and the client endpoints, HTTPS and a token on REST: every fault kind once, same checks."""
+    report = run_chaos(ChaosConfig(duration_s=SECURE_RUN_S, nodes=3, secure=True,
+                                   workdir=tmp_path / "chaos"))
+    detail = report.summary() + "\n" + "\n".join(report.timeline)
+    assert report.anomalies == [], detail
+    assert report.linearizable is True, detail
+    assert set(report.faults) == set(ALL_KINDS), detail
+    assert all(report.fault_categories.get(c, 0) > 0 for c in CATEGORIES), detail
+    assert report.operations >= MIN_SECURE_OPERATIONS, detail
+    assert report.converge_s is not None and report.final_recovery_s is not None, detail
+    assert report.proxy.get("identified", 0) > 0, detail
 
 
 def test_chaos_catches_stale_reads_when_a_leader_reads_without_read_index(tmp_path: Path) -> None:

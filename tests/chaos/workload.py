@@ -10,7 +10,11 @@ Outcomes, conservatively:
   current value it reported);
 - a timeout, a dropped connection, "unavailable" after retries, any error we cannot prove
   harmless -> indeterminate: the write may still take effect at any later time;
-- only a request that never left (REST connection refused) -> failed, out of the history.
+- only a request that never left (the REST connection, or its TLS handshake, failed before the
+  request was sent) -> failed, out of the history.
+
+On a secured cluster (ChaosCluster(secure=True)) raftctl clients use the cluster's client key
+(`curve`) and REST clients HTTPS and a bearer token (`rest`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -29,6 +34,7 @@ from linearizability import CasResult, OpKind
 
 from raftctl import Client
 from raftctl.errors import CompareFailed, KeyNotFound
+from raftkv.curve import ClientCurve
 
 RAFTCTL_TIMEOUT_S = 3.0
 REST_TIMEOUT_S = 4.0
@@ -85,6 +91,10 @@ class Workload:
         http_addresses: Sequence[tuple[str, int]],
         clients: int = 6,
         seed: int = 0,
+        *,
+        curve: ClientCurve | None = None,
+        rest_tls: ssl.SSLContext | None = None,
+        rest_headers: dict[str, str] | None = None,
     ) -> None:
         self.recorder = recorder
         self.keys = keys
@@ -92,6 +102,9 @@ class Workload:
         self.http_addresses = list(http_addresses)
         self.clients = clients
         self.seed = seed
+        self.curve = curve
+        self.rest_tls = rest_tls
+        self.rest_headers = dict(rest_headers or {})
         self.stats: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
@@ -135,7 +148,7 @@ class Workload:
                         client.close()
                     endpoints = self.client_endpoints[:]
                     rng.shuffle(endpoints)
-                    client, used = Client(endpoints, timeout=RAFTCTL_TIMEOUT_S), 0
+                    client, used = Client(endpoints, timeout=RAFTCTL_TIMEOUT_S, curve=self.curve), 0
                 used += 1
                 kind, key = self._pick(rng, RAFTCTL_MIX)
                 written += 1
@@ -200,18 +213,22 @@ class Workload:
         rec = self.recorder
         path = "/kv/" + urllib.parse.quote(key, safe="")
         handle = rec.invoke(cid, kind, key, value=value if kind is OpKind.PUT else None)
-        conn = http.client.HTTPConnection(host, port, timeout=REST_TIMEOUT_S)
+        conn = (http.client.HTTPConnection(host, port, timeout=REST_TIMEOUT_S) if self.rest_tls is None
+                else http.client.HTTPSConnection(host, port, timeout=REST_TIMEOUT_S, context=self.rest_tls))
         try:
             try:
                 conn.connect()
             except ConnectionRefusedError:
                 rec.fail(handle)  # nothing was sent: the node is down
                 return "failed", "ConnectionRefused"
+            except OSError as exc:  # the TLS handshake failed or timed out: nothing was sent either
+                rec.fail(handle)
+                return "failed", f"connect: {type(exc).__name__}"
             if kind is OpKind.PUT:
                 conn.request("PUT", path, body=json.dumps({"value": value}),
-                             headers={"Content-Type": "application/json"})
+                             headers={"Content-Type": "application/json", **self.rest_headers})
             else:
-                conn.request("GET" if kind is OpKind.GET else "DELETE", path)
+                conn.request("GET" if kind is OpKind.GET else "DELETE", path, headers=self.rest_headers)
             response = conn.getresponse()
             status, body = response.status, response.read()
         except Exception as exc:  # timeout, reset, a node killed mid-request
