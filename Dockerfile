@@ -1,5 +1,7 @@
 # raftkvd: one node per container. The cluster file is mounted (or baked in by a derived
 # image) at /etc/raftkvd/cluster.toml and RAFTKVD_ID picks the node; see docker-compose.yml.
+# With [security], mount the node's keys, certificate and tokens read-only too (README
+# "Security"), its secret files mode 0600 and owned by uid 10001, the user it runs as.
 #   docker build -t raftkv .
 #   docker run -e RAFTKVD_ID=1 -v "$PWD/conf/my-cluster.toml:/etc/raftkvd/cluster.toml:ro" raftkv
 FROM python:3.11-slim

@@ -1,5 +1,6 @@
 """The Docker files: docker-compose.yml is valid for `docker compose` (where its compose
-plugin is installed) and runs the three nodes of conf/cluster-docker.toml; the Dockerfile
+plugin is installed) and runs the three nodes of conf/cluster-docker.toml, each with its own
+security directory mounted where the file's [security] paths point; the Dockerfile
 uses only known instructions and runs raftkvd as a non-root user with a volume, the ports
 and a health check; and a cluster whose endpoints are host names (as in Docker, where
 each node binds its service name) elects a leader and passes that health check."""
@@ -7,6 +8,7 @@ each node binds its service name) elects a leader and passes that health check."
 from __future__ import annotations
 
 import fnmatch
+import os
 import shlex
 import shutil
 import subprocess
@@ -70,6 +72,11 @@ def docker_cluster(repo: Path) -> dict[str, Any]:
     return tomllib.loads((repo / "conf" / "cluster-docker.toml").read_text())
 
 
+def mount_target(mount: str | dict[str, Any]) -> str:
+    """Where a compose volume (short "SOURCE:TARGET[:MODE]" or long syntax) is mounted."""
+    return mount["target"] if isinstance(mount, dict) else mount.split(":")[1]
+
+
 def host_of(endpoint: str) -> str:
     return endpoint.removeprefix("tcp://").rpartition(":")[0]
 
@@ -114,8 +121,13 @@ def test_the_compose_services_are_the_nodes_of_the_docker_cluster_file(repo: Pat
     config_path = image_env(dockerfile(repo))["RAFTKVD_CONFIG"]
     load_cluster(repo / "conf" / "cluster-docker.toml", env={})  # valid, host names included
     nodes = docker_cluster(repo)["node"]
+    security = docker_cluster(repo)["security"]
+    security_dir = os.path.commonpath([security[key] for key in ("curve_dir", "tls_cert_file",
+                                                                 "tls_key_file", "tokens_file")])
+    assert security_dir.startswith("/etc/raftkvd/"), security_dir
     assert sorted(services) == sorted(host_of(node["raft"]) for node in nodes)
     data_volumes = set()
+    sources = set()
     for node in nodes:
         name = host_of(node["raft"])
         service = services[name]
@@ -125,11 +137,19 @@ def test_the_compose_services_are_the_nodes_of_the_docker_cluster_file(repo: Pat
         published = {tuple(map(int, p.split(":"))) for p in service["ports"]}
         wanted = {port_of(node[key]) for key in ("raft", "client", "http")}
         assert published == {(port, port) for port in wanted}, name
-        mounts = {m.split(":")[1]: m for m in service["volumes"]}
+        mounts = {mount_target(m): m for m in service["volumes"]}
         assert mounts[config_path] == f"./conf/cluster-docker.toml:{config_path}:ro"
         assert node["data_dir"] == DATA_DIR and mounts[DATA_DIR].split(":")[0] in compose["volumes"]
         data_volumes.add(mounts[DATA_DIR].split(":")[0])
+        # README "Docker": node N's directory of the security files, read-only, and no empty
+        # directory made in its place when it is missing
+        keys = mounts[security_dir]
+        assert keys["type"] == "bind" and keys["read_only"] is True, keys
+        assert keys["bind"] == {"create_host_path": False}, keys
+        assert keys["source"].endswith(f"/node{node['id']}"), keys
+        sources.add(keys["source"])
     assert len(data_volumes) == len(nodes), "each node has a volume of its own"
+    assert len(sources) == len(nodes), "each node mounts its own security directory"
 
 
 def test_the_dockerfile_uses_known_instructions_and_runs_raftkvd_as_a_non_root_user(
