@@ -5,7 +5,8 @@ the test process's interpreter lock with the client whose latency the test measu
 
 GETs one key with that bearer token as fast as one keep-alive connection allows, for at most
 SECONDS and MAX_REQUESTS, or until SIGINT; prints "flooding" once its first 429 came back,
-then one JSON line: the count of answers per status, and one 429's Retry-After and body.
+then one JSON line: the count of answers per status, how long it ran, and one 429's
+Retry-After and body.
 It runs at a lower CPU priority: a flooder is another machine, and on a 2-core test box an
 unniced load generator would take the CPU from the server and the measured client alike.
 """
@@ -27,7 +28,8 @@ def flood(port: int, seconds: float, max_requests: int) -> dict[str, object]:
     sample: dict[str, object] = {}
     connection = http.client.HTTPConnection(HOST, port, timeout=10.0)
     headers = {"Authorization": f"Bearer {os.environ['RAFTKV_FLOOD_TOKEN']}"}
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     try:
         for _ in range(max_requests):
             if time.monotonic() > deadline:
@@ -43,7 +45,8 @@ def flood(port: int, seconds: float, max_requests: int) -> dict[str, object]:
         pass
     finally:
         connection.close()
-    return {"statuses": {str(k): v for k, v in statuses.items()}, **sample}
+    return {"statuses": {str(k): v for k, v in statuses.items()},
+            "seconds": time.monotonic() - started, **sample}
 
 
 if __name__ == "__main__":

@@ -151,7 +151,9 @@ def test_a_rest_flood_gets_429_and_does_not_slow_another_client(cluster: ProcClu
           f"under flood p99 {p99(loaded) * 1000:.2f} ms (max {max(loaded) * 1000:.2f}); "
           f"flood answers {statuses}")
     allowed = statuses.get("404", 0)  # the flood reads a key that does not exist
-    assert statuses.get("429", 0) > 10 * allowed > 0
+    # held to its bucket however fast it could go (a starved flooder on a busy box is slow)
+    assert 0 < allowed <= BURST + RATE * (result["seconds"] + 1), (allowed, result["seconds"])
+    assert statuses.get("429", 0) > 0
     assert int(result["retry_after"]) >= 1
     assert json.loads(result["body"])["error"].startswith("rate limited: ")
     assert p99(loaded) <= P99_FACTOR * max(p99(unloaded), P99_FLOOR_S)
