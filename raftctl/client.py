@@ -239,6 +239,7 @@ class Client:
         self._links.run(request, call)
         if call.outcome is Outcome.DONE and call.reply is not None:
             return _check_reply(call.reply, request)
+        self._raise_refused()
         raise Unavailable(
             f"no leader reachable at {', '.join(self.endpoints)} within {self.timeout:g}s"
             + (f" (last: {call.last_error})" if call.last_error else "")
@@ -251,8 +252,15 @@ class Client:
         call = Call(Router([endpoint]), Route.NODE, now, now + self.timeout, target=endpoint)
         self._links.run(request, call)
         if call.reply is None:
+            self._raise_refused()
             raise Unavailable(f"node {endpoint} did not answer within {self.timeout:g}s")
         return _check_reply(call.reply, request)
+
+
+    def _raise_refused(self) -> None:
+        error = self._links.handshakes_refused()
+        if error is not None:
+            raise error
 
 
 def _check_reply(reply: Reply, request: Reply) -> Reply:

@@ -32,7 +32,8 @@ from raftkv.frames import FrameError, decode_batch, encode_batch
 from raftkv.routing import Call
 from raftkv.sockets import close_link, events, open_link
 
-from .security import link_keys, refusal
+from .errors import UsageError
+from .security import link_keys, refusal, unverified_keys
 
 CONNECT_TIMEOUT_S = 0.2
 """A try that finds no connection to its node within this long is lost (the node is down)."""
@@ -68,6 +69,9 @@ class _Link:
         self.queue: deque[_Queued] = deque()
         self.sent: set[int] = set()
         """Request ids on this connection still waiting for their answer."""
+        self.handshake_failed = False
+        """A handshake failed with no detail (a reset, or a wrong server key)."""
+        self.answered = False
 
     def disconnected(self) -> bool:
         """The connection dropped since the last look; UsageError if a handshake was refused."""
@@ -75,6 +79,9 @@ class _Link:
         error = refusal(self.endpoint, seen, self.secured)
         if error is not None:
             raise error
+        if self.secured and seen & zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            self.handshake_failed = True
+            return True
         return bool(seen & zmq.EVENT_DISCONNECTED)
 
     def close(self) -> None:
@@ -141,6 +148,14 @@ class Links:
                 self._flush(link, now)
         self._expire(now)
 
+    def handshakes_refused(self) -> UsageError | None:
+        """After a call that got no answer: the error to report when every node it tried failed
+        the Curve handshake and none ever answered (raised instead of a timeout)."""
+        links = list(self._links.values())
+        if links and all(link.handshake_failed and not link.answered for link in links):
+            return unverified_keys([link.endpoint for link in links])
+        return None
+
     def close(self) -> None:
         """Close every socket at once (LINGER 0: unsent requests are dropped)."""
         for link in self._links.values():
@@ -189,6 +204,7 @@ class Links:
                 frame = link.socket.recv_multipart(zmq.NOBLOCK)[-1]
             except zmq.Again:
                 return
+            link.answered = True
             try:
                 replies, _ = decode_batch(frame)
             except FrameError:

@@ -13,7 +13,6 @@ import zmq
 
 from raftkv.curve import ClientCurve, KeyFileError, ServerKeys, load_secret
 from raftkv.routing import normalize_endpoint
-from raftkv.sockets import HANDSHAKE_FAILED
 
 from .errors import UsageError
 
@@ -72,7 +71,9 @@ def link_keys(curve: ClientCurve | None, endpoint: str) -> tuple | None:
 
 def refusal(endpoint: str, events: int, secured: bool) -> UsageError | None:
     """The error for a refused handshake seen on a link's monitor, if there was one.
-    Without --key only a mechanism mismatch counts (a secured node), never a lost connection."""
+    Without --key only a mechanism mismatch counts (a secured node), never a lost connection.
+    A handshake that failed with no detail is not one: a node killed or restarted mid-handshake
+    looks the same, and raftctl must go on to the next node (see unverified_keys)."""
     if events & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return UsageError(f"{endpoint} refused this client's key (is its .key in the node's "
                           "curve_dir/clients/?)")
@@ -81,7 +82,11 @@ def refusal(endpoint: str, events: int, secured: bool) -> UsageError | None:
             return UsageError(f"{endpoint} refused the CurveZMQ handshake (does it run with "
                               "[security] curve_dir?)")
         return UsageError(f"{endpoint} requires CurveZMQ: give --key FILE and --config FILE")
-    if secured and events & HANDSHAKE_FAILED:
-        return UsageError(f"{endpoint}: CurveZMQ handshake failed (is its key in the cluster "
-                          "file's curve_dir the node's own?)")
     return None
+
+
+def unverified_keys(endpoints: list[str]) -> UsageError:
+    """Every node tried failed its handshake without a word and none ever answered: most
+    likely the nodes' public keys in the cluster file's curve_dir are not theirs."""
+    return UsageError(f"{', '.join(endpoints)}: CurveZMQ handshake failed (are the keys in the "
+                      "cluster file's curve_dir the nodes' own?)")

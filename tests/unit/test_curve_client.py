@@ -9,9 +9,19 @@ from pathlib import Path
 import pytest
 import zmq
 
+from raftctl.client import Client
 from raftctl.errors import EXIT_USAGE, UsageError
 from raftctl.security import client_curve, link_keys, refusal
-from raftkv.curve import CLIENTS_DIR, KeyFileError, ServerKeys, keygen, load_public, node_key_name
+from raftkv.curve import (
+    CLIENTS_DIR,
+    ClientCurve,
+    KeyFileError,
+    ServerKeys,
+    keygen,
+    load_public,
+    load_secret,
+    node_key_name,
+)
 
 ENDPOINT = "tcp://127.0.0.1:7001"
 
@@ -81,4 +91,28 @@ def test_only_handshake_refusals_are_errors_and_plain_clients_only_hear_of_a_mis
     assert "refused this client's key" in str(refusal(ENDPOINT, zmq.EVENT_HANDSHAKE_FAILED_AUTH, True))
     assert "give --key" in str(refusal(ENDPOINT, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, secured=False))
     assert refusal(ENDPOINT, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, secured=False) is None
-    assert refusal(ENDPOINT, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, secured=True) is not None
+    # a reset mid-handshake (a node killed as raftctl connects) is a lost connection, not a
+    # refusal: raftctl goes on to the next node
+    assert refusal(ENDPOINT, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, secured=True) is None
+
+
+def test_a_node_whose_key_is_not_the_one_in_curve_dir_is_one_line_not_a_timeout(curve_dir) -> None:
+    """The server's real key differs from node1.key: every handshake fails with no detail and
+    nothing ever answers, so the call ends in the key hint (exit 2), not "no leader"."""
+    impostor = load_secret(keygen(curve_dir / "elsewhere", "node1")[1])
+    context = zmq.Context()
+    server = context.socket(zmq.ROUTER)
+    server.curve_server = True
+    server.curve_publickey, server.curve_secretkey = impostor.public, impostor.secret
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    own = load_secret(curve_dir / CLIENTS_DIR / "ops.key_secret")
+    curve = ClientCurve(own, ServerKeys(curve_dir, {f"127.0.0.1:{port}": 1}))
+    try:
+        with Client([endpoint], timeout=2.0, curve=curve) as client, \
+                pytest.raises(UsageError, match="handshake failed .*curve_dir the nodes' own") as caught:
+            client.get("k")
+        assert caught.value.exit_code == EXIT_USAGE
+    finally:
+        server.close(linger=0)
+        context.term()
