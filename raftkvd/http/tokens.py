@@ -159,11 +159,18 @@ def add_token(path: Path, name: str, role: Role, replace: bool = False) -> str:
 
 def _write_entries(path: Path, entries: list[TokenEntry]) -> None:
     """Replace the file at once (a node reloading it sees the old or the new one, whole);
-    the new file is 0600 from its first byte."""
+    the new file is 0600 from its first byte, then takes the owner, group and mode of the
+    file it replaces (an operator's `chown raftkvd`, `chmod 0640` survive a `token add`)."""
+    try:
+        previous: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        previous = None
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if previous is not None:
+                _keep_ownership(fd, previous, path)
             out.write(_HEADER)
             out.writelines(f"{e.name} {e.role.label} {e.digest}\n" for e in entries)
             out.flush()
@@ -172,3 +179,16 @@ def _write_entries(path: Path, entries: list[TokenEntry]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _keep_ownership(fd: int, previous: os.stat_result, path: Path) -> None:
+    """Owner and group first (only root may give a file away; anyone else keeps their own),
+    then the mode, which chown may have cleared bits of."""
+    if (previous.st_uid, previous.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.fchown(fd, previous.st_uid, previous.st_gid)
+        except PermissionError:
+            raise TokenFileError(f"cannot keep the owner of tokens file {path} (uid {previous.st_uid}, "
+                                 f"gid {previous.st_gid}): run `raftkvd token add` as that user "
+                                 "or as root") from None
+    os.fchmod(fd, stat.S_IMODE(previous.st_mode))

@@ -63,6 +63,23 @@ def test_adding_an_existing_name_is_refused_in_one_line_unless_replace(tmp_path:
     assert entry is not None and entry.role is Role.ADMIN and len(store) == 1
 
 
+def test_token_add_keeps_the_owner_group_and_mode_of_the_file_it_rewrites(tmp_path: Path) -> None:
+    """An operator installs the file as root:raftkvd 0640 (or raftkvd's own, 0600): adding a
+    token must not turn it into root's 0600 file the daemon can no longer read."""
+    path = tmp_path / "tokens"
+    add_token(path, "first", Role.READ)
+    path.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+    before = path.stat()
+    add_token(path, "second", Role.WRITE)
+    after = path.stat()
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == \
+        (before.st_uid, before.st_gid, 0o640)
+    assert after.st_ino != before.st_ino, "replaced whole, not rewritten in place"
+    assert [entry.name for entry in read_entries(path)] == ["first", "second"]
+
+
 def test_tokens_are_distinct_and_unknown_ones_are_not_found(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     made = {add_token(tokens, f"n{i}", Role.READ) for i in range(5)}
