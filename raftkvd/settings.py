@@ -39,6 +39,9 @@ DEFAULT_MAP_SIZE_MB = 1024
 MAX_MAP_SIZE_MB = 1024 * 1024
 """1 TiB: a sanity ceiling that catches a byte count given where MiB were meant."""
 DEFAULT_SNAPSHOT_THRESHOLD = 10_000
+DEFAULT_WATCH_HISTORY = 100_000
+"""Revisions of changes kept for watches: about 100 s at 1,000 writes/s, a few MB of LMDB per
+100-byte value; a watcher away for longer starts again from a fresh read."""
 DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_NODE_ID = 2**63 - 1
@@ -61,6 +64,7 @@ CLUSTER_KEYS = frozenset(
         "snapshot_threshold",
         "read_lease",
         "log_level",
+        "watch_history",
     }
 )
 NODE_KEYS = frozenset({"id", "raft", "client", "http", "data_dir"})
@@ -166,6 +170,8 @@ class ClusterSettings:
     read_lease: bool = True
     """Leaders answer linearizable reads within a lease (raftkvd/server/reads.py) instead of
     a ReadIndex round each; false where clocks may stop unseen (a host that suspends)."""
+    watch_history: int = DEFAULT_WATCH_HISTORY
+    """Revisions of changes kept for watches (raftkvd/kv/history.py); older ones are compacted."""
     log_level: str | None = None
     """The file's `log_level`, upper case; None when the file has none. Flags and the
     environment override it: Settings.log_level is the level a node runs with."""
@@ -358,6 +364,7 @@ def _parse_cluster(doc: dict[str, Any]) -> ClusterSettings:
             section, "snapshot_threshold", DEFAULT_SNAPSHOT_THRESHOLD, "cluster."
         ),
         read_lease=_bool(section, "read_lease", True, "cluster."),
+        watch_history=_positive_int(section, "watch_history", DEFAULT_WATCH_HISTORY, "cluster."),
         log_level=None if log_level is None else _checked_level(log_level, "cluster.log_level"),
         security=_parse_security(_table(doc, "security")),
         limits=_parse_limits(_table(doc, "limits")),

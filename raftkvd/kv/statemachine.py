@@ -31,8 +31,10 @@ from ..raft.messages import (
     SnapshotMeta,
     apply_conf_change,
 )
-from ..storage.lmdbenv import KV, MEMBERS, SESSION_LRU, SESSIONS, SM_META, Batch, LmdbEnv
+from ..settings import DEFAULT_WATCH_HISTORY
+from ..storage.lmdbenv import EVENTS, KV, MEMBERS, SESSION_LRU, SESSIONS, SM_META, Batch, LmdbEnv
 from . import commands
+from .history import DELETE, PUT, EventHistory, Page, Selector
 
 MAX_SESSIONS = 10_000
 DUMP_VERSION = 1
@@ -41,7 +43,9 @@ MAX_REMOVED = 64
 """Removed members remembered (the latest), so a stale one can be told it was removed."""
 _META = b"meta"
 _U64 = struct.Struct(">Q")
-_IMAGE_DBS = (KV, SESSIONS, SESSION_LRU, MEMBERS)
+_REQUIRED_DBS = (KV, SESSIONS, SESSION_LRU, MEMBERS)
+_IMAGE_DBS = (*_REQUIRED_DBS, EVENTS)
+"""What a snapshot image holds; one made before the event history has no EVENTS."""
 
 Result = dict[str, Any]
 # Aliases, because the class's `list` method would shadow the builtin in its annotations.
@@ -93,7 +97,7 @@ def _decode_image(data: bytes) -> dict[str, Any]:
     image = _unpack(data)
     if not isinstance(image, dict) or image.get("v") != DUMP_VERSION:
         raise StorageCorruptError("snapshot image is malformed or of another version")
-    if not all(name in image for name in ("meta", *_IMAGE_DBS)):
+    if not all(name in image for name in ("meta", *_REQUIRED_DBS)):
         raise StorageCorruptError("snapshot image is incomplete")
     if not isinstance(image["meta"], dict) or not isinstance(image["meta"].get("applied"), int):
         raise StorageCorruptError("snapshot image has no applied index")
@@ -110,10 +114,13 @@ def _addresses(context: bytes) -> dict[str, str]:
 class KVStateMachine:
     """Applies committed entries and answers local (serializable) reads."""
 
-    def __init__(self, env: LmdbEnv, max_sessions: int = MAX_SESSIONS) -> None:
-        """`max_sessions` must be the same on every replica, or their tables diverge."""
+    def __init__(self, env: LmdbEnv, max_sessions: int = MAX_SESSIONS,
+                 history_window: int = DEFAULT_WATCH_HISTORY) -> None:
+        """`max_sessions` must be the same on every replica, or their tables diverge.
+        `history_window`: revisions of events kept for watches (history.py)."""
         self._env = env
         self._max_sessions = max_sessions
+        self.history = EventHistory(env, history_window)
         self._kv = env.db(KV)
         self._sessions = env.db(SESSIONS)
         self._lru = env.db(SESSION_LRU)
@@ -132,7 +139,10 @@ class KVStateMachine:
         """
         with self._env.join(batch) as b:
             meta = self._load_meta(b.txn)
+            revision = meta.revision
             results = [self._apply_entry(b.txn, meta, entry) for entry in entries]
+            if meta.revision != revision:
+                self.history.trim(b.txn, meta.revision)
             self._store_meta(b, meta)
         return results
 
@@ -160,8 +170,10 @@ class KVStateMachine:
             for name in _IMAGE_DBS:
                 db = self._env.db(name)
                 b.txn.drop(db, delete=False)
-                b.txn.cursor(db=db).putmulti(map(tuple, image[name]))
-            self._store_meta(b, _Meta(**image["meta"]))
+                b.txn.cursor(db=db).putmulti(map(tuple, image.get(name, ())))
+            meta = _Meta(**image["meta"])
+            self.history.trim(b.txn, meta.revision)  # to this node's own window
+            self._store_meta(b, meta)
 
     # --- reads ----------------------------------------------------------------------
     def get(self, key: str) -> tuple[str, int] | None:
@@ -191,6 +203,12 @@ class KVStateMachine:
                     break
                 out.append((key.decode(), msgpack.unpackb(raw)[0]))
         return out
+
+    def events(self, start: int, selector: Selector, limit: int) -> Page:
+        """Events from revision `start` on, as of one consistent view (history.py)."""
+        with self._env.read() as txn:
+            revision = self._load_meta(txn).revision
+            return self.history.read(txn, start, revision, selector, limit)
 
     def applied_index(self) -> int:
         """The index of the last applied entry, durable with the state it produced."""
@@ -344,6 +362,7 @@ class KVStateMachine:
             meta.keys += 1
         create_revision = row[1] if row is not None else meta.revision
         txn.put(key, msgpack.packb([value, create_revision, meta.revision]), db=self._kv)
+        self.history.record(txn, meta.revision, PUT, key, value)
         return {"code": Code.OK, "revision": meta.revision}
 
     def _delete(self, txn: lmdb.Transaction, meta: _Meta, key: bytes, row: Row | None) -> Result:
@@ -352,6 +371,7 @@ class KVStateMachine:
         txn.delete(key, db=self._kv)
         meta.revision += 1
         meta.keys -= 1
+        self.history.record(txn, meta.revision, DELETE, key, None)
         return {"code": Code.OK, "deleted": True, "revision": meta.revision}
 
     # --- the session table ----------------------------------------------------------

@@ -25,7 +25,8 @@ SESSIONS = "sessions"  # session id -> msgpack [seq, result, log index]
 SESSION_LRU = "session_lru"  # 8-byte log index of a session's last command -> session id
 MEMBERS = "members"  # 8-byte node id -> msgpack {"raft", "client", "http"}
 SM_META = "sm_meta"  # applied index/term, revision, counters, membership
-DATABASES = (LOG, RAFT_META, KV, SESSIONS, SESSION_LRU, MEMBERS, SM_META)
+EVENTS = "events"  # 8-byte revision -> msgpack [type, key, value] (kv/history.py)
+DATABASES = (LOG, RAFT_META, KV, SESSIONS, SESSION_LRU, MEMBERS, SM_META, EVENTS)
 MAX_DBS = 16
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError, lmdb.InvalidError)
