@@ -239,6 +239,30 @@ def cas(settings: Settings, key: str, expected: str, new: str) -> None:
 
 
 @cli.command()
+@click.argument("key", required=False)
+@click.option("--prefix", metavar="P", help="Watch every key starting with P instead of one KEY "
+              "(\"\" for all keys).")
+@click.option("--rev", type=click.IntRange(min=1), metavar="R",
+              help="Start at revision R (default: the changes after this command starts).")
+@pass_settings
+def watch(settings: Settings, key: str | None, prefix: str | None, rev: int | None) -> None:
+    """Print every committed change to KEY, or to the keys under --prefix.
+
+    One line per change in revision order: PUT KEY VALUE or DELETE KEY; -o json gives one
+    object per line (type, key, value, revision). Any node serves the watch; when that
+    node fails, another takes over at the next revision, so no change is missed or shown
+    twice. Runs until Ctrl-C (exit 0); exit 4 when --rev is older than the history kept.
+    """
+    if (key is None) == (prefix is None):
+        raise UsageError("watch takes a KEY or --prefix P (one of them)")
+    try:
+        for event in settings.client().watch(key, prefix=prefix, rev=rev):
+            render.print_event(event, settings.output)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 @pass_settings
 def status(settings: Settings, watch: bool) -> None:

@@ -10,14 +10,17 @@ within a random session so that a write retried after a lost answer is applied o
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 import zmq
 
 from raftctl.errors import (
+    Compacted,
     CompareFailed,
     InvalidRequest,
     KeyNotFound,
@@ -40,6 +43,8 @@ from raftkv.protocol import (
 from raftkv.routing import TCP_SCHEME, Call, Outcome, Route, Router
 
 DEFAULT_TIMEOUT = 5.0
+WATCH_WAIT_S = 5.0
+"""How long a node holds a watch request with nothing to tell: the watch's heartbeat."""
 NODE_STATUS_TIMEOUT = 1.0
 """How long `node_statuses` waits for each node's own answer."""
 CONSISTENCIES = (CONSISTENCY_LINEARIZABLE, CONSISTENCY_SERIALIZABLE)
@@ -132,6 +137,55 @@ class Client:
         return [(str(k), str(v)) for k, v in reply["items"]]
 
     # -- cluster operations ---------------------------------------------------
+
+    def revision(self, consistency: str = CONSISTENCY_LINEARIZABLE) -> int:
+        """The store's current revision: every write acknowledged before the call is at or
+        below it when linearizable (the leader's ReadIndex)."""
+        _check_consistency(consistency)
+        return int(self._read(Op.LIST, consistency, prefix="", limit=0)["revision"])
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None, rev: int | None = None,
+              endpoint: str | None = None, wait: float = WATCH_WAIT_S) -> Iterator[dict[str, Any]]:
+        """Every change to `key`, or to the keys under `prefix`, from revision `rev` on (by
+        default, after the cluster's current revision, learned linearizably): an endless
+        iterator of {type, key, value, revision}, in revision order.
+
+        One node serves it (`endpoint`, else one picked at random: followers share the
+        load); if that node fails, the next one takes over at the next revision, so no event
+        is missing or repeated. Raises Unavailable once no node has answered for `timeout`
+        seconds, Compacted when `rev` is older than the cluster's history."""
+        if (key is None) == (prefix is None):
+            raise InvalidRequest("watch takes a key or a prefix (one of them)")
+        if key is not None:
+            _check_key(key)
+            selector: dict[str, Any] = {"key": key}
+        else:
+            assert prefix is not None
+            _check_key(prefix, allow_empty=True)
+            selector = {"prefix": prefix}
+        if rev is not None and (type(rev) is not int or rev < 1):
+            raise InvalidRequest(f"rev must be a positive integer, not {rev!r}")
+        if rev is None:
+            rev = self.revision() + 1
+        at = (self.endpoints.index(normalize_endpoint(endpoint)) if endpoint is not None
+              else random.randrange(len(self.endpoints)))
+        answered = time.monotonic()
+        while True:
+            node = self.endpoints[at % len(self.endpoints)]
+            try:
+                reply = self._call_node(node, Op.WATCH, timeout=wait + self.timeout, rev=rev,
+                                        wait=wait, **selector)
+            except Unavailable:
+                if time.monotonic() - answered > self.timeout:
+                    raise Unavailable(f"no node of {', '.join(self.endpoints)} served the watch "
+                                      f"for {self.timeout:g}s (it was at revision {rev})") from None
+                at += 1
+                if at % len(self.endpoints) == 0:
+                    time.sleep(min(0.2, self.timeout / 10))  # every node failed: not a busy loop
+                continue
+            answered = time.monotonic()
+            yield from reply["events"]
+            rev = int(reply["next"])
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """One node's view of itself: `endpoint`'s, or whichever node answers first."""
@@ -245,15 +299,17 @@ class Client:
             + (f" (last: {call.last_error})" if call.last_error else "")
         )
 
-    def _call_node(self, endpoint: str, op: Op, **fields: Any) -> Reply:
+    def _call_node(self, endpoint: str, op: Op, timeout: float | None = None,
+                   **fields: Any) -> Reply:
         """Ask one given node, without redirects: the question is about that node."""
         request = self._request(op, **fields)
         now = time.monotonic()
-        call = Call(Router([endpoint]), Route.NODE, now, now + self.timeout, target=endpoint)
+        timeout = self.timeout if timeout is None else timeout
+        call = Call(Router([endpoint]), Route.NODE, now, now + timeout, target=endpoint)
         self._links.run(request, call)
         if call.reply is None:
             self._raise_refused()
-            raise Unavailable(f"node {endpoint} did not answer within {self.timeout:g}s")
+            raise Unavailable(f"node {endpoint} did not answer within {timeout:g}s")
         return _check_reply(call.reply, request)
 
 
@@ -274,6 +330,8 @@ def _check_reply(reply: Reply, request: Reply) -> Reply:
     if code == Code.COMPARE_FAILED:
         current = reply.get("value")
         raise CompareFailed(str(request.get("key", "")), None if current is None else str(current))
+    if code == Code.COMPACTED:
+        raise Compacted(error, int(reply.get("oldest") or 0))
     if code == Code.RATE_LIMITED:
         raise RateLimited(f"{error} (still over the limit when the timeout ran out)")
     if code == Code.INVALID:

@@ -56,6 +56,15 @@ class RequestRejected(RaftCtlError):
     exit_code = EXIT_REJECTED
 
 
+class Compacted(RequestRejected):
+    """A watch asked for a revision older than the cluster's event history still holds:
+    `oldest` is the first it holds. Read the current state and watch after its revision."""
+
+    def __init__(self, message: str, oldest: int) -> None:
+        super().__init__(message)
+        self.oldest = oldest
+
+
 class InvalidRequest(RequestRejected):
     """The request is malformed; raised locally before anything is sent when possible."""
 

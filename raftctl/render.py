@@ -177,6 +177,19 @@ def print_items(items: list[tuple[str, str]], output: str) -> None:
         print_lines(k for k, _ in items)
 
 
+def print_event(event: dict[str, Any], output: str) -> None:
+    """`watch`: one line per change, flushed at once so that a pipe sees it (SPEC §4): JSON
+    lines, or `PUT key value` / `DELETE key` with line breaks in them shown as \\n."""
+    if output == OUTPUT_JSON:
+        print_json(event)
+    else:
+        words = [event["type"].upper(), event["key"]]
+        if event["type"] == "put":
+            words.append(event["value"])
+        click.echo(" ".join(words).replace("\r", "\\r").replace("\n", "\\n"))
+    sys.stdout.flush()
+
+
 def print_bench(result: dict[str, Any], output: str) -> None:
     if output == OUTPUT_JSON:
         print_json(result)

@@ -10,7 +10,15 @@ Request:  {"v": 1, "id": int, "op": Op, "session": str, "seq": int, ...op fields
   get:    key, consistency                -> value, revision       (NOT_FOUND if missing)
   delete: key                             -> deleted (bool), index
   cas:    key, expected (str|None), value -> revision, index       (COMPARE_FAILED, with value)
-  list:   prefix, limit, consistency      -> items: [[key, value], ...]
+  list:   prefix, limit, consistency      -> items: [[key, value], ...], revision (the
+          store's revision the answer was read at: a watch from revision + 1 misses nothing)
+  watch:  key | prefix, rev?, wait?       -> events: [{type, key, value, revision}, ...],
+          next (the rev to ask for next), revision (this node's); from this node's applied
+          state, leader or not (raftkvd/server/watches.py). Answered as soon as events from
+          rev on match, else after `wait` seconds (at most MAX_WATCH_WAIT_S) with none: a
+          long poll, so a watcher that stops asking costs the node nothing. No rev: from
+          this node's next revision. COMPACTED, with oldest, when rev is older than the
+          history ([cluster] watch_history).
   status: (none)                          -> status: {...} (this node's view, see node status)
   cluster:(none)                          -> nodes: [status, ...] (every member, unreachable ones
           included; answered by the leader, which owns the membership: others redirect)
@@ -50,6 +58,8 @@ VERSION = 1
 CONSISTENCY_LINEARIZABLE = "linearizable"
 CONSISTENCY_SERIALIZABLE = "serializable"
 MAX_KEY_BYTES = 511
+MAX_WATCH_WAIT_S = 30.0
+"""The longest a watch request is held without events."""
 
 
 class Op(enum.StrEnum):
@@ -68,6 +78,7 @@ class Op(enum.StrEnum):
     MEMBER_REMOVE = "member_remove"
     BACKUP = "backup"
     BACKUP_READ = "backup_read"
+    WATCH = "watch"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
@@ -85,6 +96,9 @@ class Code(enum.StrEnum):
     TOO_LARGE = "too_large"
     NO_SPACE = "no_space"
     INTERNAL = "internal"
+    COMPACTED = "compacted"
+    """A watch asked for a revision older than the history holds; `oldest` is the first
+    it still holds (watch from there, or read the current state and watch after it)."""
     RATE_LIMITED = "rate_limited"
     """The client is over its [limits] rate; the request did not run. The answer carries
     retry_after (seconds, float): when the client's next request would be taken."""

@@ -93,6 +93,25 @@ def _member(body: dict[str, Any], adding: bool) -> None:
         raise RequestError(Code.INVALID, f"http must look like HOST:PORT, got {body['http'][:80]!r}")
 
 
+def _watch(body: dict[str, Any]) -> None:
+    """One key or one prefix; a revision to start from; how long to hold the request."""
+    if ("key" in body) == ("prefix" in body):
+        raise RequestError(Code.INVALID, "a watch takes a key or a prefix (one of them)")
+    name = "key" if "key" in body else "prefix"
+    _text(body, name)
+    size = len(body[name].encode())
+    if size > protocol.MAX_KEY_BYTES or (name == "key" and size == 0):
+        least = 1 if name == "key" else 0
+        raise RequestError(Code.TOO_LARGE if size else Code.INVALID,
+                           f"{name} must be {least} to {protocol.MAX_KEY_BYTES} bytes, got {size}")
+    rev = body.get("rev")
+    if rev is not None and (type(rev) is not int or not 1 <= rev < 2**63):
+        raise RequestError(Code.INVALID, "rev must be a positive integer")
+    wait = body.get("wait", 0)
+    if type(wait) not in (int, float) or not 0 <= wait <= protocol.MAX_WATCH_WAIT_S:
+        raise RequestError(Code.INVALID, f"wait must be 0 to {protocol.MAX_WATCH_WAIT_S:g} seconds")
+
+
 def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
     """The request's operation, once its fields have the right types and sizes."""
     try:
@@ -143,6 +162,8 @@ def validate(body: dict[str, Any], max_value_bytes: int) -> Op:
         _text(body, "stream")
         if type(body.get("seq")) is not int or body["seq"] < 0:
             raise RequestError(Code.INVALID, "seq must be a chunk number (0, 1, ...)")
+    if op == Op.WATCH:
+        _watch(body)
     to = body.get("to", 0)
     if op == Op.TRANSFER and (type(to) is not int or to < 0):  # bool is an int: refuse it too
         raise RequestError(Code.INVALID, "to must be a node id")

@@ -41,6 +41,7 @@ from .background import Background
 from .backups import Backups
 from .reads import Reads
 from .replica import Replica
+from .watches import Watches
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Node:
         self.ctx = ctx or zmq.Context.instance()
         self.raft_bind = raft_bind
         self.env = LmdbEnv(settings.node.data_dir, settings.cluster.map_size_bytes)
-        self.sm = KVStateMachine(self.env)
+        self.sm = KVStateMachine(self.env, history_window=settings.cluster.watch_history)
         if not settings.join:
             # A brand-new data dir takes its first membership from the cluster file, unless the
             # node joins a running cluster: then the leader's snapshot brings the membership.
@@ -148,6 +149,7 @@ class Node:
             read_lease=settings.cluster.read_lease)
         self.background = Background(self.ctx, self.id)
         self.backups = Backups(self.env, self.sm, self.id)
+        self.watches = Watches(self.sm.events, self.sm.revision, self.client, time.monotonic)
         self.statuses = StatusFetcher(self.ctx, dial=dial)
         if self.gate is not None:
             self.gate.start()
@@ -206,6 +208,7 @@ class Node:
                 self._receive()
                 next_tick = self._tick(next_tick, tick_s)
                 self.replica.end_turn()
+                self.watches.serve()
                 self._follow_membership()
                 self.client.flush()
                 if not http_ready and self.http.poll_ready():
@@ -310,6 +313,8 @@ class Node:
                 self.replica.redirect(request)  # a backup holds what the leader applied
                 return
             self.client.respond(request, self.backups.open())
+        elif request.op == Op.WATCH:
+            self.watches.handle(request)
         elif request.op == Op.BACKUP_READ:
             read = functools.partial(self.backups.read, request.body["stream"], request.body["seq"])
             self.background.submit(request, read)
@@ -340,6 +345,7 @@ class Node:
         for pending in self.replica.writes.pending.values():
             self.client.respond(pending.request, {"code": Code.UNAVAILABLE.value,
                                                   "error": "node shutting down"})
+        self.watches.cancel_all({"code": Code.UNAVAILABLE.value, "error": "node shutting down"})
         self.client.flush()
         self.background.close()
         self.backups.close()

@@ -160,7 +160,8 @@ class Reads:
                                                "revision": found[1]})
         else:
             items = self.sm.list(body.get("prefix") or "", body.get("limit"))
-            self.replies.respond(request, {"code": Code.OK.value, "items": [list(i) for i in items]})
+            self.replies.respond(request, {"code": Code.OK.value, "items": [list(i) for i in items],
+                                           "revision": self.sm.revision()})
 
     def take_all(self) -> list[Request]:
         """Leadership is gone: hand back every read not yet served, to be redirected."""
