@@ -54,6 +54,13 @@ RAFTKVD = [sys.executable, "-m", "raftkvd"]
 CLI_TIMEOUT_S = 30.0
 
 
+def interruptible() -> None:
+    """Popen's preexec_fn for a child that a test stops with SIGINT (Ctrl-C): a runner
+    started in the background (`cmd &` in a script) ignores SIGINT, its children inherit
+    that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def clean_env() -> dict[str, str]:
     """The environment without RAFTKVD_*/RAFTCTL_* settings that would leak into a test."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("RAFTKVD_", "RAFTCTL_"))}

@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from cluster import RAFTCTL, ProcCluster, clean_env, run_cli, wait_for
+from cluster import RAFTCTL, ProcCluster, clean_env, interruptible, run_cli, wait_for
 
 COMMAND_BUDGET_S = 2.0
 """The issue's bound; all-up timings are ~0.15 s, mostly the interpreter starting."""
@@ -83,7 +83,8 @@ def test_status_watch_shows_the_live_nodes_while_one_is_down(cluster: ProcCluste
     primary, secondary = pty.openpty()
     env = {**clean_env(), "COLUMNS": "120", "LINES": "40"}
     proc = subprocess.Popen([*RAFTCTL, "-e", ",".join(cluster.endpoints()), "status", "--watch"],
-                            stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env)
+                            stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env,
+                            preexec_fn=interruptible)
     os.close(secondary)
     screen = b""
     deadline = time.monotonic() + WATCH_S

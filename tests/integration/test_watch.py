@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from cluster import RAFTCTL, ProcCluster, clean_env, run_cli, wait_for
+from cluster import RAFTCTL, ProcCluster, clean_env, interruptible, run_cli, wait_for
 
 from raftctl import Client
 from raftctl.errors import Compacted
@@ -139,7 +139,8 @@ def test_raftctl_watch_prints_each_change_and_exits_0_on_ctrl_c(cluster: ProcClu
     client = cluster.client()
     watch = subprocess.Popen(
         [*RAFTCTL, "-e", ",".join(cluster.endpoints()), "-o", output, "watch", "cfg/a"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        preexec_fn=interruptible)
     try:
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")),
