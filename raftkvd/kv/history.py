@@ -88,7 +88,7 @@ class EventHistory:
             return Page([], start, compacted=True, oldest=oldest)
         events: list[dict[str, Any]] = []
         cursor = txn.cursor(db=self._db)
-        next_revision = max(start, oldest)
+        next_revision = start
         if next_revision > revision or not cursor.set_key(_U64.pack(next_revision)):
             return Page(events, next_revision, oldest=oldest)
         for looked, (raw_revision, raw) in enumerate(cursor.iternext(), 1):

@@ -53,7 +53,8 @@ class Watches:
 
     @property
     def held(self) -> int:
-        """Watch requests waiting for an event (for the node's status)."""
+        """Watch requests waiting for an event (what a watcher costs while it waits; not yet
+        exported: the watch benchmark of issue 13 is to report it)."""
         return sum(len(group) for group in self._held.values())
 
     def handle(self, request: Request) -> None:
