@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -170,6 +170,11 @@ class HttpMetrics:
         self._duration = Histogram(
             "raftkvd_http_request_duration_seconds", "Time to answer a REST API request.",
             ["method", "route"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        self.watch_streams = Gauge(
+            "raftkvd_http_watch_streams", "GET /watch event streams open.", registry=self.registry)
+        self.watch_cuts = Counter(
+            "raftkvd_http_watch_cut", "Event streams cut because their client read too slowly.",
+            registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.rate_limited = 0
         """REST requests answered 429; exported inside the node's family (one name, one
@@ -235,6 +240,9 @@ class _StatusCollector:
         yield _gauge("raftkvd_server_proposals_pending", "Client writes proposed and not yet answered.",
                      st.get("pending_proposals", 0))
         yield _gauge("raftkvd_server_keys", "Keys in the state machine.", st["keys"])
+        yield _gauge("raftkvd_watch_requests_held", "Watch requests this node holds until an "
+                     "event matches (native watchers and REST event streams alike).",
+                     st.get("watches_held", 0))
         yield _gauge("raftkvd_lmdb_map_size_bytes", "LMDB map size (the most the file may grow to).",
                      st["db_size_bytes"])
         yield _gauge("raftkvd_lmdb_map_used_bytes", "LMDB map in use (high-water mark of the file).",

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -38,6 +38,9 @@ MAX_PIPELINED = 64
 RETRY_AFTER_S = "1"
 RETRY_STATUSES = frozenset({429, 503})
 JSON_TYPE = "application/json"
+STREAM_LINGER_S = 30.0
+"""How long a streamed answer that ended may take to reach a client that reads slowly (its
+last words: why it ended); then the connection is dropped, whatever is still unsent."""
 
 
 @dataclass(slots=True)
@@ -66,6 +69,22 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
     """Close the connection after this answer."""
+    stream: Stream | None = None
+    """A body of unknown length, written as it comes (Server-Sent Events, sse.py) and ended
+    by closing the connection; `body` is then unused."""
+
+
+class Sink(Protocol):
+    """Where a stream writes: the connection's transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the kernel: the client is not keeping up."""
+        ...
+
+
+Stream = Callable[[Sink], Awaitable[None]]
 
 
 def json_response(data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None,
@@ -87,10 +106,11 @@ def serialize(response: Response, head_only: bool = False) -> bytes:
         reason = HTTPStatus(response.status).phrase
     except ValueError:
         reason = ""
-    lines = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}",
-             f"Content-Length: {len(response.body)}"]
+    lines = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}"]
+    if response.stream is None:
+        lines.append(f"Content-Length: {len(response.body)}")
     lines += [f"{name}: {value}" for name, value in response.headers]
-    if response.close:
+    if response.close or response.stream is not None:
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + response.body
@@ -130,6 +150,7 @@ class HttpConnection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._lost = False
         self._paused = False
         self._client = ""
         self._reset_request()
@@ -143,6 +164,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._lost = True
         self._connections.discard(self)
         for timer in (self._idle, self._body_timer):
             if timer is not None:
@@ -256,6 +278,11 @@ class HttpConnection(asyncio.Protocol):
                 response.close = True
             assert self._transport is not None
             self._transport.write(serialize(response, head_only=request.method == "HEAD"))
+            if response.stream is not None:
+                if request.method != "HEAD":
+                    await response.stream(self)
+                self._linger()
+                return
             if response.close:
                 self.close()
                 return
@@ -263,6 +290,23 @@ class HttpConnection(asyncio.Protocol):
                 self._paused = False
                 self._transport.resume_reading()
         self._arm_idle()
+
+    # ---- streams (Sink) ----------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.write(data)
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def _linger(self) -> None:
+        """A stream ended: close once its last bytes are out, or drop it after STREAM_LINGER_S."""
+        self.close()
+        self._loop.call_later(STREAM_LINGER_S, self._drop)
+
+    def _drop(self) -> None:
+        if not self._lost and self._transport is not None:
+            self._transport.abort()
 
     def _arm_idle(self) -> None:
         if self._idle is not None:

@@ -346,6 +346,14 @@ class ForwardClient:
         finally:
             self._free_slots.append(slot)
 
+    async def watch(self, request: Reply, wait: float) -> Reply:
+        """One long poll of a watch at this node (held up to `wait` seconds). Not counted in
+        max_in_flight: a held watch is an open stream, bounded by the connection cap, and a
+        thousand of them must not turn every other request away."""
+        if self.closed:
+            raise Closed("node shutting down")
+        return await self._call(request, Route.NODE, self.deadline + wait)
+
     def _new_slot(self) -> _Slot:
         self._slot_count += 1
         return _Slot(f"{self._session_prefix}-{self._slot_count}")
@@ -361,10 +369,12 @@ class ForwardClient:
         finally:
             self.in_flight -= 1
 
-    async def _call(self, request: Reply, route: Route) -> Reply:
-        """Drive one routing.Call (a _Flight) until it ends; its reply, or why there is none."""
+    async def _call(self, request: Reply, route: Route, deadline: float | None = None) -> Reply:
+        """Drive one routing.Call (a _Flight) until it ends; its reply, or why there is none.
+        `deadline`: the call's time in seconds, if not the client's."""
         now = asyncio.get_running_loop().time()
-        call = Call(self.router, route, now, now + self.deadline, patience=self.no_leader_wait,
+        seconds = self.deadline if deadline is None else deadline
+        call = Call(self.router, route, now, now + seconds, patience=self.no_leader_wait,
                     target=self.local)
         flight = _Flight(self, call, request)
         flight.begin()
@@ -376,7 +386,7 @@ class ForwardClient:
             return call.reply
         if call.outcome is Outcome.NO_LEADER:
             raise NoLeader(call.last_error or "no leader")
-        raise ForwardTimeout(f"no answer within {self.deadline:g}s ({call.last_error or 'no answer'})")
+        raise ForwardTimeout(f"no answer within {seconds:g}s ({call.last_error or 'no answer'})")
 
     def link(self, endpoint: str) -> _Link:
         link = self._links.get(endpoint)

@@ -27,6 +27,8 @@ from raftkvd.ratelimit import RateLimiter, refusal, retry_after_header
 from .auth import Authorizer
 from .connection import JSON_TYPE, Request, Response, error_response, json_response
 from .forward import ForwardClient, NoLeader
+from .sse import CONTENT_TYPE as EVENT_STREAM_TYPE
+from .sse import WatchStream
 from .tokens import Role
 from .webview import STATIC_PREFIX, WebView
 
@@ -36,6 +38,7 @@ BODY_SLACK_BYTES = 64 * 1024
 """Room for the JSON around a value of max_value_bytes (and some escapes) in a PUT body."""
 MAX_QUERY_FIELDS = 16
 MAX_LIST_LIMIT = 2**32
+MAX_REVISION = 2**63 - 1
 STATUS_STALE_S = 2.0
 """A node whose latest status is older than this is stuck: /health says unhealthy."""
 OPENAPI_RESOURCE = "openapi.json"
@@ -123,6 +126,7 @@ class RestApi:
             STATIC_ROUTE: {"GET": self.web.static},
             "/kv": {"GET": self.kv_list},
             KV_ROUTE: {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete},
+            "/watch": {"GET": self.watch},
         }
         """Route template -> method -> handler; HEAD is answered as GET, without the body."""
         if self.metrics is not None:
@@ -303,6 +307,58 @@ class RestApi:
         entries = ", ".join(json.dumps({"key": k, "value": v}, ensure_ascii=False)
                             for k, v in _checked(reply)["items"])
         return Response(200, f'{{"keys": [{entries}]}}'.encode())
+
+    # ---- watches ----------------------------------------------------------------------------
+    async def watch(self, request: Request) -> Response:
+        """An event stream (sse.py) from this node's history. From Last-Event-ID + 1 (a
+        browser resuming), else from `rev`, else after the cluster's current revision, asked
+        of the leader (ReadIndex), so that a write acknowledged before is never streamed as
+        new nor missed. A start older than the history: 410 with the oldest revision held."""
+        query = _query(request)
+        selector = _watch_selector(query)
+        start = _watch_start(request.headers.get("last-event-id"), query.get("rev"))
+        if start is None:
+            current = _checked(await self.forward.leader_call(
+                {"op": protocol.Op.LIST.value, "prefix": "", "limit": 0,
+                 "consistency": protocol.CONSISTENCY_LINEARIZABLE}))
+            start = int(current["revision"]) + 1
+        first = await self.forward.watch(
+            {"op": protocol.Op.WATCH.value, **selector, "rev": start, "wait": 0}, 0)
+        if first.get("code") == Code.COMPACTED.value:
+            return error_response(410, str(first.get("error")), oldest=first.get("oldest"))
+        _checked(first)
+        return Response(200, content_type=EVENT_STREAM_TYPE,
+                        headers=[("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")],
+                        stream=WatchStream(self.forward, selector, first, self.metrics))
+
+
+def _watch_selector(query: dict[str, str]) -> dict[str, str]:
+    """{"key": K} or {"prefix": P}: exactly one of them (an empty prefix: every key)."""
+    if ("key" in query) == ("prefix" in query):
+        raise BadRequest(400, "watch takes key=K or prefix=P (one of them)")
+    name = "key" if "key" in query else "prefix"
+    size = len(_utf8(query[name], name))
+    least = 1 if name == "key" else 0
+    if not least <= size <= protocol.MAX_KEY_BYTES:
+        raise BadRequest(400, f"{name} must be {least} to {protocol.MAX_KEY_BYTES} bytes of UTF-8, "
+                              f"got {size}")
+    return {name: query[name]}
+
+
+def _watch_start(last_event_id: str | None, rev: str | None) -> int | None:
+    """The first revision to stream: after the last one a client saw, else `rev`; None: not
+    asked (start after the current revision)."""
+    if last_event_id is not None and last_event_id.strip():
+        seen = _revision(last_event_id.strip(), "Last-Event-ID", least=0)
+        return seen + 1
+    return None if rev is None else _revision(rev, "rev", least=1)
+
+
+def _revision(text: str, what: str, least: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not least <= int(text) < MAX_REVISION:
+        raise BadRequest(400, f"{what} must be an integer from {least} to {MAX_REVISION - 1}, "
+                              f"not {text[:40]!r}")
+    return int(text)
 
 
 def _checked(reply: dict[str, Any]) -> dict[str, Any]:

@@ -332,6 +332,7 @@ class Node:
         """The replica's status and what only this process knows (its sockets)."""
         info = self.replica.status()
         info["malformed_frames"] = self.transport.malformed_total + self.client.malformed_total
+        info["watches_held"] = self.watches.held
         return info
 
     def _publish(self) -> None:

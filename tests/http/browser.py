@@ -1,5 +1,9 @@
-"""Headless Chromium (Debian's `chromium` package) for the web-view tests: the DOM a page has
-after its scripts ran, parsed into something to assert on, and screenshots.
+"""Headless Chromium (Debian's `chromium` package) for the web-view tests: a live page driven
+over the DevTools protocol (devtools.py), its DOM parsed into something to assert on, and
+screenshots.
+
+A page is read while it runs rather than dumped once its loading is over: the web view keeps
+an EventSource open for good, so it never is.
 
 `make test` installs the browser when it is missing and it runs as root
 (scripts/ensure-test-tools.sh); elsewhere the tests that need it skip, saying why.
@@ -7,28 +11,21 @@ after its scripts ran, parsed into something to assert on, and screenshots.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
-import signal
 import struct
-import subprocess
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+import devtools
+
 CHROMIUM_ENV = "CHROMIUM"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
-VIRTUAL_TIME_BUDGET_MS = 5000
-"""Virtual time the page runs before the DOM or the screenshot is taken: about five polls
-of /cluster (virtual time stands still while a request is in flight)."""
-RUN_TIMEOUT_S = 90.0
 WINDOW_SIZE = (1280, 800)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-)
 _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
                    "source", "track", "wbr"})
 
@@ -49,40 +46,42 @@ MISSING_REASON = (
 
 
 class Chromium:
-    """One fresh browser profile (under `profile`) per run; every run is bounded in time and
-    leaves no process behind (its whole process group is killed on a timeout)."""
+    """Opens pages in a fresh browser profile (under `profile`), one browser per page."""
 
     def __init__(self, executable: str, profile: Path) -> None:
         self.executable = executable
         self.profile = profile
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [self.executable, *FLAGS, f"--user-data-dir={self.profile}",
-                   f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", *args]
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group of the browser we started
-            out, err = proc.communicate()
-            raise AssertionError(
-                f"chromium did not finish within {RUN_TIMEOUT_S:g}s: {err[-2000:]}") from None
-        if proc.returncode != 0:
-            raise AssertionError(f"chromium exited {proc.returncode}: {err[-2000:]}")
-        return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    def open(self, url: str) -> BrowserPage:
+        return BrowserPage(self.executable, self.profile, url)
 
-    def dump_dom(self, url: str) -> Dom:
-        """The page's DOM after its scripts ran for the virtual time budget."""
-        return Dom.parse(self._run("--dump-dom", url).stdout)
 
-    def screenshot(self, url: str, path: Path) -> tuple[int, int]:
-        """A PNG of the page at WINDOW_SIZE; returns its (width, height)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
+class BrowserPage(devtools.Page):
+    """A page as the web-view tests look at it, in a viewport of WINDOW_SIZE."""
+
+    def __init__(self, executable: str, profile: Path, url: str) -> None:
+        super().__init__(executable, profile, url)
         width, height = WINDOW_SIZE
-        self._run(f"--window-size={width},{height}", f"--screenshot={path}", url)
-        return png_size(path.read_bytes())
+        try:
+            self.send("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            page = url.partition("#")[0]  # the page may drop its fragment (app.js: a token)
+            self.wait_for(f"{page} to load", f"location.href.split('#')[0] === {json.dumps(page)}"
+                          " && document.readyState !== 'loading'", devtools.COMMAND_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+
+    def dom(self) -> Dom:
+        """The page's DOM as it is now."""
+        return Dom.parse(self.evaluate("document.documentElement.outerHTML"))
+
+    def screenshot(self, path: Path) -> tuple[int, int]:
+        """A PNG of the page's viewport (WINDOW_SIZE); returns its (width, height)."""
+        data = base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return png_size(data)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

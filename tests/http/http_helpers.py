@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cluster import HOST, ProcCluster, wait_for
@@ -57,6 +58,14 @@ def put(port: int, key_path: str, value: str, **kw: Any) -> Reply:
 
 def http_port(cluster: ProcCluster, node_id: int) -> int:
     return cluster.specs[node_id].http_port
+
+
+def http_child(cluster: ProcCluster, node_id: int) -> int | None:
+    """The pid of the node's HTTP process (its only child); None between two of them."""
+    pid = cluster.pid(node_id)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) <= 1, f"node {node_id} has children {children}"
+    return int(children[0]) if children else None
 
 
 def follower(cluster: ProcCluster) -> int:

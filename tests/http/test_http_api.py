@@ -251,7 +251,7 @@ def test_the_openapi_document_is_served_and_describes_every_route(http_cluster: 
     document = reply.json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/health", "/ready", "/cluster", "/metrics", "/openapi.json",
-                                      "/kv", "/kv/{key}"}
+                                      "/kv", "/kv/{key}", "/watch"}
     assert set(document["paths"]["/kv/{key}"]) >= {"get", "put", "delete"}
 
 

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 from cluster import ProcCluster, wait_for
-from http_helpers import call, http_port, put, wait_status
+from http_helpers import call, http_child, http_port, put, wait_status
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def http_child(cluster: ProcCluster, node_id: int) -> int | None:
-    """The pid of the node's HTTP process (its only child); None between two of them."""
-    pid = cluster.pid(node_id)
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) <= 1, f"node {node_id} has children {children}"
-    return int(children[0]) if children else None
 
 
 def gone(pid: int) -> bool:

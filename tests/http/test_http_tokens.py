@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import RAFTKVD, ProcCluster, run_cli, wait_for
-from http_helpers import Reply, call, http_port
+from browser import MISSING_REASON, Chromium, chromium_path
+from cluster import HOST, RAFTKVD, ProcCluster, run_cli, wait_for
+from http_helpers import Reply, call, http_port, wait_status
+from sse_client import open_stream
 from tls_helpers import bearer
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,8 +77,35 @@ def test_each_role_may_do_what_its_role_allows(node: ProcCluster) -> None:
 
 def test_open_paths_and_the_web_views_files_are_served_without_a_token(node: ProcCluster) -> None:
     port = http_port(node, 1)
+    wait_status(port, "/ready", 200)  # the HTTP process may not have polled the election yet
     for path in ("/health", "/ready", "/metrics", "/", "/static/app.js"):
         assert call(port, "GET", path).status == 200, path
+
+
+def test_a_watch_stream_needs_a_read_token_and_the_web_view_reads_it_with_one(
+        node: ProcCluster, tmp_path: Path) -> None:
+    """EventSource cannot send a bearer token: with tokens on, the page reads /watch with
+    fetch (app.js watchWithToken) and shows the changes all the same."""
+    port = http_port(node, 1)
+    assert as_role(node, None, "GET", "/watch?prefix=t/").status == 401
+    writer = node.client()
+    with open_stream(port, "prefix=t/", bearer(USED[0])) as stream:  # a read token
+        assert stream.status == 200
+        revision = writer.put("t/a", "1")
+        event = stream.next_event(20)
+    assert event is not None and event.data == {"type": "put", "key": "t/a", "value": "1",
+                                                "revision": revision}
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(MISSING_REASON)
+    url = f"http://{HOST}:{port}/#token={USED[0]}"
+    with Chromium(executable, tmp_path / "profile").open(url) as page:
+        page.wait_for("the change stream to open", "document.getElementById('changes-state')"
+                      "?.textContent.startsWith('Streaming')", 30)
+        later = writer.put("t/b", "2")
+        shown = page.wait_for("the change", "document.querySelector('#change-rows tr.change')"
+                              "?.dataset.revision", 30)
+    assert int(shown) == later
 
 
 def test_a_token_added_to_the_file_works_after_sighup_and_not_before(node: ProcCluster) -> None:

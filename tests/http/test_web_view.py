@@ -4,7 +4,9 @@ also saved as screenshots under artifacts/ (web-view.png, web-view-unreachable.p
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from browser import MISSING_REASON, WINDOW_SIZE, Chromium, Dom, Element, chromium_path
+from browser import MISSING_REASON, WINDOW_SIZE, BrowserPage, Chromium, Dom, Element, chromium_path
 from cluster import HOST, ProcCluster, wait_for
-from http_helpers import call, follower, http_port, put
+from http_helpers import call, follower, http_child, http_port, put
 
 from raftkvd.http.webview import CONTENT_SECURITY_POLICY, WEB_FILES
 
@@ -45,13 +47,13 @@ def node_rows(dom: Dom) -> dict[int, Element]:
     return {int(row.attrs["data-node-id"]): row for row in dom.nodes}
 
 
-def render_when(chromium: Chromium, url: str, what: str, ready: Callable[[Dom], bool]) -> Dom:
-    """The rendered DOM once it shows `what`: the cluster may still be settling (an election,
-    a stopped node's status timing out), so render again until it does."""
+def render_when(page: BrowserPage, what: str, ready: Callable[[Dom], bool]) -> Dom:
+    """The page's DOM once it shows `what`: the cluster may still be settling (an election,
+    a stopped node's status timing out), and the page redraws every second."""
     last: list[Dom] = []
 
     def probe() -> Dom | None:
-        dom = chromium.dump_dom(url)
+        dom = page.dom()
         last[:] = [dom]
         return dom if ready(dom) else None
 
@@ -102,10 +104,14 @@ def test_the_web_view_shows_every_node_and_highlights_the_leader(
     url = view_url(http_cluster, viewer)
 
     # The leader the page highlights must be the cluster's at that moment (a loaded machine
-    # may re-elect while chromium starts; then the page must follow).
-    dom = render_when(chromium, url, "all three nodes with the current leader", lambda d: (
-        len(d.nodes) == 3
-        and [i for i, r in node_rows(d).items() if "leader" in r.classes] == [http_cluster.leader()]))
+    # may re-elect while chromium starts; then the page must follow). Two polls at least: a
+    # write rate is drawn from successive ones.
+    with chromium.open(url) as page:
+        dom = render_when(page, "all three nodes with the current leader and a rate", lambda d: (
+            len(d.nodes) == 3
+            and [i for i, r in node_rows(d).items() if "leader" in r.classes] == [http_cluster.leader()]
+            and len(d.by_id["spark-line"].attrs["points"].split()) >= 2))
+        assert page.screenshot(ARTIFACTS / "web-view.png") == WINDOW_SIZE
 
     rows = node_rows(dom)
     assert sorted(rows) == http_cluster.ids
@@ -125,9 +131,6 @@ def test_the_web_view_shows_every_node_and_highlights_the_leader(
     # a write rate was sampled from successive polls and drawn
     assert len(dom.by_id["spark-line"].attrs["points"].split()) >= 2
     assert dom.text("sparkline-title").startswith("Writes per second over the last")
-
-    size = chromium.screenshot(url, ARTIFACTS / "web-view.png")
-    assert size == WINDOW_SIZE
 
 
 @contextmanager
@@ -161,9 +164,11 @@ def test_the_write_rate_sparkline_rises_while_writes_arrive(
     url = view_url(http_cluster, follower(http_cluster))
     with writing(http_port(http_cluster, leader)) as written:
         wait_for("the first writes", lambda: written[0] > 0, 20.0)
-        dom = render_when(chromium, url, "a write rate above zero",
-                          lambda d: float(d.text("spark-peak")) > 0)
-        assert chromium.screenshot(url, ARTIFACTS / "web-view-writing.png") == WINDOW_SIZE
+        with chromium.open(url) as page:
+            dom = render_when(page, "a write rate above zero, from two samples or more", lambda d: (
+                float(d.text("spark-peak")) > 0
+                and len(d.by_id["spark-line"].attrs["points"].split()) >= 2))
+            assert page.screenshot(ARTIFACTS / "web-view-writing.png") == WINDOW_SIZE
     points = [tuple(map(float, p.split(","))) for p in dom.by_id["spark-line"].attrs["points"].split()]
     assert len(points) >= 2
     assert min(y for _, y in points) < SPARK_BASELINE_Y, "no point of the line rises above zero"
@@ -186,8 +191,9 @@ def test_the_web_view_shows_a_stopped_node_as_unreachable(
         return (old_leader in rows and "unreachable" in rows[old_leader].classes
                 and leading == [cluster.leader()])
 
-    dom = render_when(chromium, url, f"node {old_leader} unreachable, a survivor leading",
-                      shows_it)
+    with chromium.open(url) as page:
+        dom = render_when(page, f"node {old_leader} unreachable, a survivor leading", shows_it)
+        assert page.screenshot(ARTIFACTS / "web-view-unreachable.png") == WINDOW_SIZE
 
     rows = node_rows(dom)
     new_leader = next(i for i, row in rows.items() if "leader" in row.classes)
@@ -202,4 +208,33 @@ def test_the_web_view_shows_a_stopped_node_as_unreachable(
     assert "1 unreachable" in dom.text("summary")
     assert dom.text("stat-up") == "2 of 3"
 
-    assert chromium.screenshot(url, ARTIFACTS / "web-view-unreachable.png") == WINDOW_SIZE
+
+
+CHANGE_ROWS = ("[...document.querySelectorAll('#change-rows tr.change')].map(row => "
+               "[Number(row.dataset.revision), ...[...row.children].slice(1).map(c => c.textContent)])")
+
+
+def test_the_web_view_streams_the_latest_changes_and_its_eventsource_resumes(
+    http_cluster: ProcCluster, chromium: Chromium
+) -> None:
+    """The page's EventSource on /watch shows each change, newest first; when its stream
+    drops (the node's HTTP process is killed, and restarted by the node), the browser comes
+    back with Last-Event-ID and the changes made meanwhile appear with nothing missing."""
+    client = http_cluster.client()
+    viewer = follower(http_cluster)
+    with chromium.open(view_url(http_cluster, viewer)) as page:
+        page.wait_for("the change stream to open", "document.getElementById('changes-state')"
+                      "?.textContent.startsWith('Streaming')", 30)
+        first = [client.put(f"view/{n}", f"value {n}") for n in range(4)]
+        assert client.delete("view/0")
+        first.append(client.revision())
+        rows = page.wait_for("five changes", f"(rows => rows.length >= 5 && rows)({CHANGE_ROWS})", 30)
+        puts = [[rev, "put", f"view/{n}", f"value {n}"] for n, rev in enumerate(first[:4])]
+        assert rows == [[first[4], "delete", "view/0", "–"], *reversed(puts)]
+        http = http_child(http_cluster, viewer)
+        assert http is not None
+        os.kill(http, signal.SIGKILL)  # our node's child: the stream drops
+        later = [client.put(f"view/later{n}", "v") for n in range(3)]
+        rows = page.wait_for("the changes made while the stream was down",
+                             f"(rows => rows.length >= 8 && rows)({CHANGE_ROWS})", 60)
+    assert [row[0] for row in rows] == sorted(first + later, reverse=True)

@@ -1,4 +1,5 @@
-// raftkv web view: polls this node's /cluster once a second and draws the cluster.
+// raftkv web view: polls this node's /cluster once a second and draws the cluster; the
+// latest changes stream from /watch (Server-Sent Events).
 // Plain JavaScript, no dependencies, no build step; nothing is loaded from elsewhere.
 "use strict";
 
@@ -13,6 +14,10 @@ const NONE = "–";
 const LAG_WARN = 100;            // entries behind the leader before a lag is shown as a warning
 
 const TOKEN_KEY = "raftkv-token";
+const WATCH_URL = "/watch?prefix=";     // every key, from after the current revision
+const CHANGES_SHOWN = 20;
+const VALUE_SHOWN = 80;                 // characters of a value shown in the changes table
+const RECONNECT_MS = 1000;
 
 const rate = { samples: [], last: null };  // last: {at: ms, commit: index}
 
@@ -212,4 +217,91 @@ async function refresh() {
   }
 }
 
+/** One committed change at the top of the table; the oldest beyond CHANGES_SHOWN drops. */
+function showChange(change) {
+  const rows = $("change-rows");
+  rows.querySelector(".placeholder")?.remove();
+  const row = document.createElement("tr");
+  row.className = `change change-${change.type}`;
+  row.dataset.revision = String(change.revision);
+  const value = change.value === null || change.value === undefined ? ""
+    : change.value.length > VALUE_SHOWN ? `${change.value.slice(0, VALUE_SHOWN)}…` : change.value;
+  row.append(cell("td", change.revision, "num"), cell("td", badge(change.type, change.type)),
+    cell("td", change.key), cell("td", value));
+  rows.prepend(row);
+  while (rows.children.length > CHANGES_SHOWN) rows.lastChild.remove();
+  $("changes-state").textContent = `Streaming: last change at revision ${change.revision}.`;
+}
+
+/** A named last event (cut, compacted, unavailable): say it; the stream then resumes. */
+function streamEnded(name, data) {
+  const detail = data && data.error ? data.error : name;
+  $("changes-state").textContent = `Stream ended (${detail}); reconnecting…`;
+}
+
+/** Without a token: the browser's EventSource, which resumes by itself with Last-Event-ID. */
+function watchWithEventSource() {
+  let source = new EventSource(WATCH_URL);
+  const listen = () => {
+    source.onopen = () => { $("changes-state").textContent = "Streaming: waiting for a change…"; };
+    source.onmessage = (message) => showChange(JSON.parse(message.data));
+    source.onerror = () => { $("changes-state").textContent = "Stream interrupted; reconnecting…"; };
+    for (const name of ["cut", "unavailable"]) {
+      source.addEventListener(name, (message) => streamEnded(name, JSON.parse(message.data)));
+    }
+    source.addEventListener("compacted", (message) => {
+      streamEnded("compacted", JSON.parse(message.data));
+      source.close();  // its Last-Event-ID is gone from the history: start again from now
+      source = new EventSource(WATCH_URL);
+      listen();
+    });
+  };
+  listen();
+}
+
+/**
+ * With a token: EventSource cannot send an Authorization header, so read the stream with
+ * fetch, splitting it into events at blank lines, and resume from the last id ourselves.
+ */
+async function watchWithToken(lastId) {
+  let last = lastId;
+  try {
+    const headers = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
+    if (last !== null) headers["Last-Event-ID"] = last;
+    const response = await fetch(WATCH_URL, { cache: "no-store", headers });
+    if (response.status === 410) last = null;  // compacted: start again from now
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    $("changes-state").textContent = "Streaming: waiting for a change…";
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += value;
+      let end;
+      while ((end = buffered.indexOf("\n\n")) >= 0) {
+        const fields = { event: "message", data: "" };
+        for (const line of buffered.slice(0, end).split("\n")) {
+          const colon = line.indexOf(":");
+          if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 1).trim();
+        }
+        buffered = buffered.slice(end + 2);
+        if (!fields.data) continue;  // a heartbeat or the retry hint
+        if (fields.event === "message") {
+          last = fields.id;
+          showChange(JSON.parse(fields.data));
+        } else {
+          streamEnded(fields.event, JSON.parse(fields.data));
+          if (fields.event === "compacted") last = null;
+        }
+      }
+    }
+  } catch (error) {
+    $("changes-state").textContent = `Stream interrupted (${error.message}); reconnecting…`;
+  }
+  setTimeout(() => watchWithToken(last), RECONNECT_MS);
+}
+
 refresh();
+if (token) watchWithToken(null);
+else watchWithEventSource();
