@@ -8,12 +8,19 @@ history is the same everywhere, so events are never missing or repeated. Nothing
 for a watcher between its requests, so a watcher that stops reading holds no memory and
 can slow nobody down; one that falls behind the window is told COMPACTED.
 
-Held requests are grouped by (selector, revision): a thousand watchers of one prefix, all
-caught up, cost one history read per applied batch, not a thousand.
+The cost per turn follows the changes, not the watchers: each new revision is read from
+the history once and looked up among the held selectors (a key directly, a prefix by the
+prefix lengths in use), so a thousand watchers of a thousand different keys cost no more
+than one while nothing of theirs changes; the watchers a change matches share one read of
+their page. Invariant: a held request has no matching event between its start and the
+last revision served, so its page starts at the first new match.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,15 +33,20 @@ from .seams import Clock, Replies
 
 MAX_EVENTS = 1000
 """Events in one answer; the watcher asks again at once for more."""
+EVERY_KEY = Selector(prefix="")
 
 Events = Callable[[int, Selector, int], Page]
 """KVStateMachine.events: a page of the history from a revision."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Held:
     request: Request
+    selector: Selector
+    start: int
     deadline: float
+    seq: int
+    done: bool = False
 
 
 class Watches:
@@ -46,62 +58,134 @@ class Watches:
         self._revision = revision
         self._replies = replies
         self._clock = clock
-        self._held: dict[tuple[Selector, int], list[Held]] = {}
-        self._served_revision = 0
-        """The store's revision when the held groups were last read: nothing new below it."""
-        self._next_deadline = float("inf")
+        self._groups: dict[Selector, dict[int, Held]] = {}
+        """Held requests by what they watch, by seq."""
+        self._prefix_lengths: Counter[int] = Counter()
+        """Lengths of the prefixes held: the prefixes of a changed key worth looking up."""
+        self._expiry: list[tuple[float, int, Held]] = []
+        """Deadlines of held requests; those answered before theirs leave lazily."""
+        self._live = 0
+        self._seq = itertools.count()
+        self._served_revision = revision()
+        """Every revision up to this one has been matched against the held requests."""
 
     @property
     def held(self) -> int:
         """Watch requests waiting for an event: what watchers cost this node while they wait
         (the node status's watches_held, /metrics raftkvd_watch_requests_held)."""
-        return sum(len(group) for group in self._held.values())
+        return self._live
 
     def handle(self, request: Request) -> None:
         body = request.body
         selector = Selector(key=body["key"]) if "key" in body else Selector(prefix=body["prefix"])
-        start = body.get("rev") or self._revision() + 1
-        deadline = self._clock() + float(body.get("wait", 0))
-        if start <= self._revision():
+        revision = self._revision()
+        start = body.get("rev") or revision + 1
+        held = Held(request, selector, start, self._clock() + float(body.get("wait", 0)),
+                    next(self._seq))
+        if start <= revision:
             page = self._events(start, selector, MAX_EVENTS)
-            if page.events or page.compacted or not body.get("wait"):
-                self._answer([Held(request, deadline)], page)
+            # An answer now when there is one, when no wait was asked, or when the read
+            # stopped short of the present (its scan limit): the client asks again from there.
+            if page.events or page.compacted or not body.get("wait") or page.next <= revision:
+                self._answer([held], page)
                 return
-            start = page.next
-        self._hold(selector, start, Held(request, deadline))
+            held.start = page.next
+        self._hold(held)
 
     def serve(self) -> None:
         """Answer the held requests that new events match, and those whose wait is over."""
         revision = self._revision()
+        if revision > self._served_revision:
+            if self._groups:
+                self._match(self._served_revision + 1, revision)
+            self._served_revision = revision
         now = self._clock()
-        if revision == self._served_revision and now < self._next_deadline:
-            return
-        groups, self._held = self._held, {}
-        self._next_deadline = float("inf")
-        self._served_revision = revision
-        for (selector, start), group in groups.items():
-            page = self._events(start, selector, MAX_EVENTS) if start <= revision else None
-            if page is not None and (page.events or page.compacted):
-                self._answer(group, page)
-                continue
-            waiting = start if page is None else page.next
-            expired = [held for held in group if held.deadline <= now]
-            if expired:
-                self._answer(expired, Page([], waiting, oldest=0))
-            for held in group:
-                if held.deadline > now:
-                    self._hold(selector, waiting, held)
+        while self._expiry and self._expiry[0][0] <= now:
+            held = heapq.heappop(self._expiry)[2]
+            if not held.done:
+                self._answer([held], Page([], max(held.start, revision + 1)))
+        if len(self._expiry) > 4 * self._live + 1024:  # mostly answered ones: drop them now
+            self._expiry = [entry for entry in self._expiry if not entry[2].done]
+            heapq.heapify(self._expiry)
 
     def cancel_all(self, fields: dict[str, Any]) -> None:
         """The node is stopping: answer every held request with `fields`."""
-        groups, self._held = self._held, {}
+        groups, self._groups = self._groups, {}
+        self._prefix_lengths.clear()
+        self._expiry.clear()
+        self._live = 0
         for group in groups.values():
-            for held in group:
+            for held in group.values():
+                held.done = True
                 self._replies.respond(held.request, fields)
 
-    def _hold(self, selector: Selector, start: int, held: Held) -> None:
-        self._held.setdefault((selector, start), []).append(held)
-        self._next_deadline = min(self._next_deadline, held.deadline)
+    # ---- matching -------------------------------------------------------------------------
+    def _match(self, first: int, last: int) -> None:
+        """Answer the held requests that an event of revisions first..last matches."""
+        matched: dict[Selector, int] = {}
+        """Selector -> the first new revision it matches."""
+        at = first
+        while at <= last:
+            page = self._events(at, EVERY_KEY, MAX_EVENTS)
+            if page.compacted or page.next <= at:
+                break
+            for event in page.events:
+                for selector in self._selectors_of(event["key"]):
+                    matched.setdefault(selector, event["revision"])
+            at = page.next
+        for selector, revision in matched.items():
+            self._serve_group(selector, revision, last)
+
+    def _selectors_of(self, key: str) -> list[Selector]:
+        """The held selectors that match `key`."""
+        found = [selector for selector in [Selector(key=key)] if selector in self._groups]
+        for length in self._prefix_lengths:
+            if length <= len(key):
+                selector = Selector(prefix=key[:length])
+                if selector in self._groups:
+                    found.append(selector)
+        return found
+
+    def _serve_group(self, selector: Selector, revision: int, last: int) -> None:
+        """`selector` matches `revision` first: its requests that started at or before it
+        share one page from there; one that starts later (rare: a watch of a revision not
+        yet served) reads its own."""
+        group = self._groups.get(selector)
+        if group is None:
+            return
+        due = [held for held in group.values() if held.start <= revision]
+        if due:
+            self._answer(due, self._events(revision, selector, MAX_EVENTS))
+        for held in [h for h in group.values() if revision < h.start <= last]:
+            page = self._events(held.start, selector, MAX_EVENTS)
+            if page.events:
+                self._answer([held], page)
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+    def _hold(self, held: Held) -> None:
+        group = self._groups.get(held.selector)
+        if group is None:
+            group = self._groups[held.selector] = {}
+            if held.selector.prefix is not None:
+                self._prefix_lengths[len(held.selector.prefix)] += 1
+        group[held.seq] = held
+        self._live += 1
+        heapq.heappush(self._expiry, (held.deadline, held.seq, held))
+
+    def _release(self, held: Held) -> None:
+        held.done = True
+        group = self._groups.get(held.selector)
+        if group is None or group.pop(held.seq, None) is None:
+            return
+        self._live -= 1
+        if group:
+            return
+        del self._groups[held.selector]
+        prefix = held.selector.prefix
+        if prefix is not None:
+            self._prefix_lengths[len(prefix)] -= 1
+            if not self._prefix_lengths[len(prefix)]:
+                del self._prefix_lengths[len(prefix)]
 
     def _answer(self, group: list[Held], page: Page) -> None:
         if page.compacted:
@@ -112,4 +196,5 @@ class Watches:
             fields = {"code": Code.OK.value, "events": page.events, "next": page.next,
                       "revision": self._revision()}
         for held in group:
+            self._release(held)
             self._replies.respond(held.request, fields)

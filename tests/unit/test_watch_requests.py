@@ -5,6 +5,7 @@ group of watchers, COMPACTED below the history, held requests answered at shutdo
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import msgpack
 import pytest
 
 from raftkv.protocol import Code, Op
+from raftkvd.kv.history import Selector
 from raftkvd.kv.statemachine import KVStateMachine
 from raftkvd.net.clientendpoint import Request, RequestError, validate
 from raftkvd.raft.messages import Entry, EntryType
@@ -143,7 +145,58 @@ def test_watchers_in_step_share_one_history_read(store: Store) -> None:
     store.put("p/1")
     reads = store.reads
     watches.serve()
-    assert store.reads - reads == 1 and len(replies.sent) == 100
+    # one read of what is new, one of the page the hundred share
+    assert store.reads - reads == 2 and len(replies.sent) == 100
+    assert len({id(fields) for _, fields in replies.sent}) == 1
+
+
+def test_watchers_of_other_keys_cost_nothing_when_a_key_changes(store: Store) -> None:
+    watches, replies, _ = make(store)
+    for n in range(1000):
+        watches.handle(watch(n, prefix=f"svc/{n}/", wait=5))
+        watches.handle(watch(1000 + n, key=f"cfg/{n}", wait=5))
+    store.put("svc/7/a", "cfg/9", "unwatched")
+    reads = store.reads
+    watches.serve()
+    assert store.reads - reads == 3  # what is new, then the page of each of the two matched
+    assert sorted(n for n, _ in replies.sent) == [7, 1009]
+    assert watches.held == 1998
+
+
+def test_a_prefix_watch_sees_the_keys_under_it_and_not_beside_it(store: Store) -> None:
+    watches, replies, _ = make(store)
+    watches.handle(watch(1, prefix="ab", wait=5))
+    watches.handle(watch(2, prefix="", wait=5))
+    watches.handle(watch(3, prefix="abc/", wait=5))
+    store.put("a", "abx")
+    watches.serve()
+    answers = dict(replies.sent)
+    assert [e["key"] for e in answers[1]["events"]] == ["abx"]
+    assert [e["key"] for e in answers[2]["events"]] == ["a", "abx"]
+    assert 3 not in answers and watches.held == 1
+
+
+def test_a_watch_of_a_future_revision_waits_for_it(store: Store) -> None:
+    watches, replies, _ = make(store)
+    watches.handle(watch(1, key="a", rev=3, wait=5))
+    store.put("a")
+    watches.serve()
+    assert replies.sent == []
+    store.put("a", "a")
+    watches.serve()
+    [(_, answer)] = replies.sent
+    assert [e["revision"] for e in answer["events"]] == [3]
+
+
+def test_an_expired_watch_is_told_the_revision_to_ask_next(store: Store) -> None:
+    watches, replies, clock = make(store)
+    watches.handle(watch(1, key="a", wait=1))
+    store.put("b", "c")
+    watches.serve()
+    clock.now += 1
+    watches.serve()
+    assert replies.sent == [(1, {"code": "ok", "events": [], "next": 3, "revision": 2})]
+    assert watches.held == 0
 
 
 def test_a_revision_below_the_history_is_compacted(store: Store) -> None:
@@ -161,3 +214,44 @@ def test_held_watches_are_answered_when_the_node_stops(store: Store) -> None:
     watches.cancel_all({"code": "unavailable", "error": "node shutting down"})
     assert replies.sent == [(1, {"code": "unavailable", "error": "node shutting down"})]
     assert watches.held == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_answer_holds_exactly_the_matching_events_from_its_start(
+        tmp_path: Path, seed: int) -> None:
+    """Random watches, writes and waits: each answer's events are every event from the
+    request's start to its `next` that its selector matches, no more (against a plain
+    filter of all the writes)."""
+    rng = random.Random(seed)
+    keys = ["a", "ab", "abc", "b/1", "b/2", "c"]
+    selectors = [{"key": k} for k in keys] + [{"prefix": p} for p in ("", "a", "ab", "b/", "z")]
+    with LmdbEnv(tmp_path / "db") as env:
+        store = Store(KVStateMachine(env, history_window=1000))
+        watches, replies, clock = make(store)
+        asked: dict[int, tuple[dict[str, Any], int]] = {}
+        written: list[str] = []
+        for n in range(300):
+            step = rng.random()
+            if step < 0.4:
+                body = {**rng.choice(selectors), "wait": rng.choice([0, 1, 5])}
+                rev = rng.choice([None, 1, max(1, len(written) - 3), len(written) + 1, len(written) + 3])
+                if rev is not None:
+                    body["rev"] = rev
+                asked[n] = (body, rev or len(written) + 1)
+                watches.handle(watch(n, **body))
+            elif step < 0.8:
+                batch = [rng.choice(keys) for _ in range(rng.randint(1, 3))]
+                store.put(*batch)
+                written += batch
+            else:
+                clock.now += rng.choice([0.5, 1, 2])
+            watches.serve()
+        clock.now += 10
+        watches.serve()
+    assert watches.held == 0 and sorted(n for n, _ in replies.sent) == sorted(asked)
+    for n, answer in replies.sent:
+        body, start = asked[n]
+        selector = Selector(key=body.get("key"), prefix=body.get("prefix"))
+        expected = [rev for rev in range(start, answer["next"]) if selector.matches(written[rev - 1])]
+        assert [e["revision"] for e in answer["events"]] == expected, (seed, n, body)
+        assert all(e["key"] == written[e["revision"] - 1] for e in answer["events"])
