@@ -9,7 +9,7 @@ DURATION ?= 600
 NODES  ?=
 PYTEST_ARGS ?=
 
-.PHONY: install build run stop status test sim chaos coverage bench bench-compare bench-security budget lint clean
+.PHONY: install build run stop status test sim chaos coverage bench bench-compare bench-security bench-watch budget lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-compare: install  ## raftkv against etcd, side by side (wrk; medians of 3 
 
 bench-security: install  ## the cost of SPEC §8: raftkv secured (Curve, HTTPS, tokens) against raftkv open
 	$(PY) -m tests.bench.compare --security $(if $(PASSES),--passes $(PASSES),)
+
+bench-watch: install  ## 1,000 watchers on one node at 1,000 writes/s: delivery latency, write rate, memory (SHARED=1: one prefix)
+	$(PY) -m tests.bench.watchers $(if $(PASSES),--passes $(PASSES),) $(if $(SHARED),--shared --rate $(or $(RATE),100),$(if $(RATE),--rate $(RATE),))
 
 budget: install  ## where the time of one write goes, REST and native (stage timestamps; docs/perf.md)
 	$(PY) -m tests.bench.budget $(if $(WRITES),--writes $(WRITES),)

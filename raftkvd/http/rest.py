@@ -28,7 +28,7 @@ from .auth import Authorizer
 from .connection import JSON_TYPE, Request, Response, error_response, json_response
 from .forward import ForwardClient, NoLeader
 from .sse import CONTENT_TYPE as EVENT_STREAM_TYPE
-from .sse import WatchStream
+from .sse import WatchHub, WatchStream
 from .tokens import Role
 from .webview import STATIC_PREFIX, WebView
 
@@ -114,6 +114,7 @@ class RestApi:
         self.max_value_bytes = max_value_bytes
         """Changed at run time by a reload (HttpServer.set_max_value_bytes)."""
         self.auth = auth
+        self.watches = WatchHub(forward)
         self.openapi = _load_openapi()
         self.web = WebView()
         self.routes: dict[str, dict[str, Handler]] = {
@@ -322,14 +323,13 @@ class RestApi:
                 {"op": protocol.Op.LIST.value, "prefix": "", "limit": 0,
                  "consistency": protocol.CONSISTENCY_LINEARIZABLE}))
             start = int(current["revision"]) + 1
-        first = await self.forward.watch(
-            {"op": protocol.Op.WATCH.value, **selector, "rev": start, "wait": 0}, 0)
-        if first.get("code") == Code.COMPACTED.value:
-            return error_response(410, str(first.get("error")), oldest=first.get("oldest"))
-        _checked(first)
+        first = await self.watches.poll(selector, start, 0)
+        if first.reply.get("code") == Code.COMPACTED.value:
+            return error_response(410, str(first.reply.get("error")), oldest=first.reply.get("oldest"))
+        _checked(first.reply)
         return Response(200, content_type=EVENT_STREAM_TYPE,
                         headers=[("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")],
-                        stream=WatchStream(self.forward, selector, first, self.metrics))
+                        stream=WatchStream(self.watches, selector, first, self.metrics))
 
 
 def _watch_selector(query: dict[str, str]) -> dict[str, str]:

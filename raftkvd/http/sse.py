@@ -5,6 +5,10 @@ Each event carries `id: REVISION`, so a browser's EventSource that loses the str
 back with Last-Event-ID and resumes at the next revision (rest.py); an empty long poll
 becomes a heartbeat comment, so proxies and clients see a live stream.
 
+Streams in step share their work (WatchHub): those that watch the same key or prefix from
+the same revision make one long poll to the node together, and its answer is framed once
+and written to each of them as the same bytes.
+
 A client that reads too slowly must never hold the node or the other streams back: what it
 has not taken stays in this connection's write buffer, and once that holds more than
 BUFFER_BYTES, or has not emptied for STALL_S, the stream is cut with a last event saying
@@ -14,9 +18,11 @@ watches.MAX_EVENTS events), so a slow client holds BUFFER_BYTES and one answer a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from raftkv import protocol
@@ -53,14 +59,50 @@ def named_frame(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One answer of the node to a watch long poll, with its events framed."""
+
+    reply: Reply
+    chunk: bytes
+    """The events as SSE frames (empty when there are none)."""
+
+
+class WatchHub:
+    """The long polls of this HTTP process's streams, one per (selector, revision, wait) at
+    a time: a thousand browsers on one prefix cost the node one request per round and this
+    process one decoding and one framing of each answer."""
+
+    def __init__(self, forward: ForwardClient) -> None:
+        self.forward = forward
+        self._rounds: dict[tuple[str | None, str | None, int, float], asyncio.Future[Round]] = {}
+
+    async def poll(self, selector: dict[str, str], rev: int, wait: float) -> Round:
+        """The node's answer to a watch of `selector` from `rev`, held up to `wait` seconds;
+        Unavailable when there is none. A stream that goes away does not end the round of
+        the others (it is shielded from their cancellation)."""
+        key = (selector.get("key"), selector.get("prefix"), rev, wait)
+        shared = self._rounds.get(key)
+        if shared is None:
+            shared = self._rounds[key] = asyncio.ensure_future(self._fetch(selector, rev, wait))
+            shared.add_done_callback(lambda _: self._rounds.pop(key, None))
+        return await asyncio.shield(shared)
+
+    async def _fetch(self, selector: dict[str, str], rev: int, wait: float) -> Round:
+        reply = await self.forward.watch(
+            {"op": protocol.Op.WATCH.value, **selector, "rev": rev, "wait": wait}, wait)
+        events = reply.get("events") if reply.get("code") == Code.OK.value else None
+        return Round(reply, b"".join(event_frame(event) for event in events or ()))
+
+
 class WatchStream:
     """The body of one `GET /watch` answer: from `first` (the node's first answer, already
     checked by the handler) on, until the client goes, falls too far behind, or the node
     cannot serve it any more."""
 
-    def __init__(self, forward: ForwardClient, selector: dict[str, str], first: Reply,
+    def __init__(self, hub: WatchHub, selector: dict[str, str], first: Round,
                  metrics: HttpMetrics | None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.forward = forward
+        self.hub = hub
         self.clock = clock
         self.selector = selector
         self.first = first
@@ -78,8 +120,9 @@ class WatchStream:
 
     async def _run(self, out: Sink) -> None:
         out.write(f"retry: {RETRY_MS}\n\n".encode())
-        reply = self.first
+        answer = self.first
         while True:
+            reply = answer.reply
             code = reply.get("code")
             if code == Code.COMPACTED.value:
                 out.write(named_frame("compacted", {"error": reply.get("error"),
@@ -88,10 +131,9 @@ class WatchStream:
             if code != Code.OK.value:
                 out.write(named_frame("unavailable", {"error": str(reply.get("error") or code)}))
                 return
-            events = reply["events"]
-            if events:
-                out.write(b"".join(event_frame(event) for event in events))
-            elif reply is not self.first:
+            if answer.chunk:
+                out.write(answer.chunk)
+            elif answer is not self.first:
                 out.write(HEARTBEAT)
             resume = int(reply["next"])
             if self._too_slow(out):
@@ -101,9 +143,7 @@ class WatchStream:
                     "error": f"too slow, resume from revision {resume}", "resume": resume}))
                 return
             try:
-                reply = await self.forward.watch(
-                    {"op": protocol.Op.WATCH.value, **self.selector, "rev": resume,
-                     "wait": HEARTBEAT_S}, HEARTBEAT_S)
+                answer = await self.hub.poll(self.selector, resume, HEARTBEAT_S)
             except Unavailable as exc:
                 out.write(named_frame("unavailable", {
                     "error": f"{exc}; resume from revision {resume}", "resume": resume}))

@@ -59,9 +59,13 @@ def run(node: Node, client: Client, first: dict[str, Any], metrics: HttpMetrics 
     """Stream `first`, then the node's answers, to `client`; `clock`: the times the stream
     reads, one per answer with a backlog."""
     times = iter(clock or [])
-    stream = sse.WatchStream(node, {"prefix": "k"}, first, metrics,  # type: ignore[arg-type]
-                             clock=lambda: next(times))
-    asyncio.run(stream(client))
+
+    async def main() -> None:
+        hub = sse.WatchHub(node)  # type: ignore[arg-type]
+        opening = sse.Round(first, b"".join(sse.event_frame(e) for e in first.get("events", [])))
+        await sse.WatchStream(hub, {"prefix": "k"}, opening, metrics, clock=lambda: next(times))(client)
+
+    asyncio.run(main())
 
 
 def last_word(client: Client) -> tuple[str, dict[str, Any]]:
@@ -120,3 +124,27 @@ def test_a_stream_that_falls_behind_the_history_ends_with_compacted() -> None:
     compacted = {"code": Code.COMPACTED.value, "oldest": 90, "error": "revision 3 is compacted"}
     run(Node([compacted]), client, ok([put(2)], 3))
     assert last_word(client) == ("compacted", {"error": "revision 3 is compacted", "oldest": 90})
+
+
+def test_streams_in_step_share_one_long_poll_and_one_framing() -> None:
+    class Slow(Node):
+        async def watch(self, request: dict[str, Any], wait: float) -> dict[str, Any]:
+            self.asked.append(request)
+            await asyncio.sleep(0.01)
+            return ok([put(request["rev"])], request["rev"] + 1)
+
+    async def main() -> tuple[list[sse.Round], Slow]:
+        node = Slow([])
+        hub = sse.WatchHub(node)  # type: ignore[arg-type]
+        leaving = asyncio.ensure_future(hub.poll({"prefix": "k"}, 5, 1.0))
+        staying = [asyncio.ensure_future(hub.poll({"prefix": "k"}, 5, 1.0)) for _ in range(99)]
+        other = asyncio.ensure_future(hub.poll({"prefix": "k"}, 6, 1.0))
+        await asyncio.sleep(0)
+        leaving.cancel()  # its client went away: the round goes on for the others
+        rounds = await asyncio.gather(*staying, other)
+        return rounds, node
+
+    rounds, node = asyncio.run(main())
+    assert [asked["rev"] for asked in node.asked] == [5, 6]
+    assert len({id(r) for r in rounds[:99]}) == 1 and rounds[0].chunk.startswith(b"id: 5\n")
+    assert rounds[99].chunk.startswith(b"id: 6\n")
