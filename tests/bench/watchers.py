@@ -10,7 +10,9 @@ Each pass starts a fresh 3-node cluster on free loopback ports and, on it:
 2. opens WATCHERS `GET /watch` streams on one follower from one asyncio process (each on its
    own prefix w/<i>/, or with --shared all on w/) and, once all are open and idle, reads the
    memory of that node and its HTTP process against before: the cost of an idle watcher;
-3. writes again the same way, the watchers reading as they come.
+3. writes again the same way, the watchers reading as they come;
+4. with 1,000 watchers (the default): the most writes/s the cluster takes (`raftctl bench put`,
+   64 native clients, 10,000 keys) without watchers, then with each watching ten of its keys.
 Every watcher must receive exactly the writes under its prefix, in revision order. Delivery
 latency is a watcher's arrival time minus the writer's acknowledgement of that revision
 (CLOCK_MONOTONIC is one clock for every process of the machine; the acknowledgement comes
@@ -36,10 +38,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "integration")]
 
-from cluster import ProcCluster  # noqa: E402
-from tests.bench.compare import CLK_TCK, children, cpu_ticks, rss_mb  # noqa: E402
+from cluster import RAFTCTL, ProcCluster, run_cli  # noqa: E402
 
 from raftctl import Client  # noqa: E402
+from tests.bench.compare import CLK_TCK, children, cpu_ticks, rss_mb  # noqa: E402
 
 WRITER_THREADS = 16
 OPEN_TIMEOUT_S = 60.0
@@ -47,6 +49,8 @@ OPENING = 64
 """Streams being opened at once."""
 DRAIN_S = 5.0
 """How long the watchers read on after the last write."""
+BENCH_TOTAL = 10_000
+"""Writes of each `raftctl bench put` run (the most writes/s, with and without watchers)."""
 
 
 # ---- the writer process ---------------------------------------------------------------------
@@ -102,12 +106,18 @@ async def _watch(port: int, prefix: str, seen: list[list[float]], opened: asynci
             raise RuntimeError(f"watch {prefix} ended: {frame[:300]!r}")
 
 
-async def _watchers(port: int, count: int, shared: bool) -> None:
+def watch_prefix(mode: str, i: int) -> str:
+    """Watcher i's prefix: its own (w/<i>/), one for all (w/), or ten keys of `raftctl
+    bench put --total 10000` (bench/ then 10 digits: watcher i gets keys 10i..10i+9)."""
+    return {"own": f"w/{i}/", "shared": "w/", "bench": f"bench/{i:09d}"}[mode]
+
+
+async def _watchers(port: int, count: int, mode: str) -> None:
     seen: list[list[list[float]]] = [[] for _ in range(count)]
     opened = asyncio.Event()
     connected = [0]
     opening = asyncio.Semaphore(OPENING)
-    tasks = [asyncio.create_task(_watch(port, "w/" if shared else f"w/{i}/", seen[i], opened,
+    tasks = [asyncio.create_task(_watch(port, watch_prefix(mode, i), seen[i], opened,
                                         connected, count, opening)) for i in range(count)]
     waiter = asyncio.create_task(opened.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -180,6 +190,56 @@ def rss_of(pids: list[int]) -> float:
     return sum(rss_mb(pid) for pid in pids)
 
 
+class Watchers:
+    """The watchers process: opened (all streams answered 200) on entry, stopped on
+    `collect`, which returns what each stream saw."""
+
+    def __init__(self, port: int, count: int, mode: str) -> None:
+        self.proc = _spawn("watchers", str(port), str(count), mode)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "open":
+            self.close()
+            raise RuntimeError(f"the watchers did not open: {line!r}")
+
+    def collect(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        out, _ = self.proc.communicate(timeout=120)
+        return json.loads(out)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def bench_put(cluster: ProcCluster) -> float:
+    """`raftctl bench put`: 64 native clients, 10,000 distinct keys; ops/s."""
+    result = run_cli(RAFTCTL, "-e", ",".join(cluster.endpoints()), "-o", "json", "bench", "put",
+                     "--clients", "64", "--total", str(BENCH_TOTAL), "--value-size", "100",
+                     timeout=600)
+    return float(json.loads(result.stdout)["ops_per_sec"])
+
+
+def max_rate(cluster: ProcCluster, port: int, count: int) -> dict[str, Any]:
+    """The most writes the cluster takes (bench_put) with no watcher, then with `count`
+    watchers of ten of its keys each; each watcher must see exactly the writes of its keys."""
+    without = bench_put(cluster)
+    watchers = Watchers(port, count, "bench")
+    try:
+        with_ = bench_put(cluster)
+        time.sleep(DRAIN_S)
+        seen = watchers.collect()["seen"]
+    finally:
+        watchers.close()
+    per_watcher = BENCH_TOTAL // count
+    complete = sum(len(s) == per_watcher and [r for r, _ in s] == sorted(r for r, _ in s)
+                   for s in seen)
+    return {"max_rate_without": without, "max_rate_with": with_, "max_rate_complete": complete}
+
+
 def run_pass(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="raftkv-bench-watch-"))
     with ProcCluster(root, log_level="warning") as cluster:
@@ -191,28 +251,21 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
         watched = [pid for name, pid in pids.items() if name.startswith("watched follower")]
         baseline = write_phase(cluster, args, Cpu(dict(pids)))
         before = rss_of(watched)
-        watchers = _spawn("watchers", str(port), str(args.watchers), "1" if args.shared else "0")
+        watchers = Watchers(port, args.watchers, "shared" if args.shared else "own")
         try:
-            assert watchers.stdout is not None and watchers.stdin is not None
-            line = watchers.stdout.readline().strip()
-            if line != "open":
-                raise RuntimeError(f"the watchers did not open: {line!r}")
             time.sleep(1.0)  # idle: what the open streams hold once settled
             after = rss_of(watched)
             held = (cluster.status(viewer) or {}).get("watches_held")
             cpu = Cpu(dict(pids))
-            cpu.pids["watchers"] = watchers.pid  # alive throughout: /proc tells its CPU
+            cpu.pids["watchers"] = watchers.proc.pid  # alive throughout: /proc tells its CPU
             loaded = write_phase(cluster, args, cpu)
             time.sleep(DRAIN_S)
-            watchers.stdin.write("stop\n")
-            watchers.stdin.flush()
-            out, _ = watchers.communicate(timeout=120)
+            report = watchers.collect()
         finally:
-            if watchers.poll() is None:
-                watchers.kill()
-                watchers.wait()
-    report = json.loads(out)
-    return summarize(args, baseline, loaded, report, (after - before) * 1024 / args.watchers, held)
+            watchers.close()
+        maximum = max_rate(cluster, port, args.watchers) if args.watchers * 10 == BENCH_TOTAL else {}
+    return {**summarize(args, baseline, loaded, report, (after - before) * 1024 / args.watchers, held),
+            **maximum}
 
 
 def summarize(args: argparse.Namespace, baseline: dict[str, Any], loaded: dict[str, Any],
@@ -254,10 +307,11 @@ def main() -> None:
         writer(endpoints.split(","), float(rate), float(seconds), int(prefixes))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "watchers":
-        port, count, shared = sys.argv[2:5]
-        asyncio.run(_watchers(int(port), int(count), shared == "1"))
+        port, count, mode = sys.argv[2:5]
+        asyncio.run(_watchers(int(port), int(count), mode))
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of writes per phase")
@@ -281,6 +335,9 @@ def main() -> None:
     for key, value in medians.items():
         print(f"  {key:28} {value:10.2f}")
     print(f"  write rate with/without       {medians['rate_with'] / medians['rate_without']:10.3f}")
+    if "max_rate_with" in medians:
+        ratio = medians["max_rate_with"] / medians["max_rate_without"]
+        print(f"  max write rate with/without   {ratio:10.3f}")
     for phase, usage in cpu.items():
         print(f"  {phase:28} " + ", ".join(f"{n} {v:.0f}%" for n, v in usage.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from cluster import HOST, RAFTCTL, ProcCluster, run_cli, wait_for
 from http_helpers import Reply, call, http_port
+from sse_client import open_stream
 from tls_helpers import bearer
 
 from raftctl.errors import EXIT_UNAVAILABLE
@@ -36,7 +37,8 @@ RATE = 50
 BURST = 50
 FORWARDING_CLIENTS = 5
 TOKENS: dict[str, str] = {}
-"""name -> token (role write): `flood`, `victim`, `fwd0`.. (one per forwarding client)."""
+"""name -> token (role write): `flood`, `victim`, `watcher`, `fwd0`.. (one per forwarding
+client)."""
 VICTIM_REQUESTS = 200
 VICTIM_INTERVAL_S = 1 / 40
 """The victim stays under its own limit: 40 requests/s against RATE."""
@@ -55,7 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     cluster = ProcCluster(tmp_path_factory.mktemp("limits"))
     with cluster:
         tokens_file = cluster.root / "tokens"
-        for name in ("flood", "victim", *(f"fwd{n}" for n in range(FORWARDING_CLIENTS))):
+        for name in ("flood", "victim", "watcher", *(f"fwd{n}" for n in range(FORWARDING_CLIENTS))):
             TOKENS[name] = add_token(tokens_file, name, Role.WRITE)
         cluster.set_section_key("security", "tokens_file", f'"{tokens_file}"')
         set_limits(cluster, RATE, BURST)
@@ -159,6 +161,24 @@ def test_a_rest_flood_gets_429_and_does_not_slow_another_client(cluster: ProcClu
     assert p99(loaded) <= P99_FACTOR * max(p99(unloaded), P99_FLOOR_S)
     after = rate_limited_total(cluster, cluster.wait_for_leader())
     assert after["rest"] - before.get("rest", 0) >= statuses["429"]
+
+
+def test_opening_watch_streams_is_limited_and_an_open_stream_is_not(cluster: ProcCluster) -> None:
+    """Each GET /watch is a request of its client's bucket; the events of a stream that is
+    open are not (they come from the HTTP process's own long polls)."""
+    port = http_port(cluster, next(i for i in cluster.ids if i != cluster.wait_for_leader()))
+    writer = cluster.client()
+    start = writer.revision() + 1
+    with open_stream(port, f"prefix=limited/&rev={start}", bearer(TOKENS["watcher"])) as stream:
+        assert stream.status == 200
+        # (admitted ones answer 400 at once: an empty key; the bucket is taken first)
+        answers = [as_token("watcher", port, "GET", "/watch?key=") for _ in range(BURST + 10)]
+        assert {r.status for r in answers} == {400, 429}
+        assert all(r.headers["Retry-After"] for r in answers if r.status == 429)
+        for n in range(3 * BURST):
+            writer.put(f"limited/{n}", "v")
+        events = stream.events(3 * BURST, 30)
+    assert [e.data["revision"] for e in events] == list(range(start, start + 3 * BURST))
 
 
 def test_open_paths_are_not_limited(cluster: ProcCluster) -> None:

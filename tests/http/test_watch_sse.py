@@ -85,6 +85,29 @@ def test_a_stream_resumes_after_its_last_event_id_and_starts_after_now_without_o
     assert event is not None and event.data["revision"] == later
 
 
+def test_after_its_node_is_killed_a_stream_resumes_on_another_node_from_its_last_id(
+        make_cluster: Callable[..., ProcCluster]) -> None:
+    cluster = make_cluster()
+    leader = cluster.start_all()
+    first, second = (i for i in cluster.ids if i != leader)
+    client = cluster.client()
+    start = client.revision() + 1
+    written = put_all(client, "moved/", 20)
+    with open_stream(http_port(cluster, first), f"prefix=moved/&rev={start}") as stream:
+        seen = stream.events(10, 20)
+        cluster.kill(first)  # its HTTP process goes with it: the stream ends after what it sent
+        seen += stream.events(100, 10)
+        assert stream.ended
+    written.update(put_all(client, "moved/more", 8))
+    last_id = seen[-1].id
+    assert last_id is not None
+    with open_stream(http_port(cluster, second), "prefix=moved/", {"Last-Event-ID": last_id}) as stream:
+        rest = stream.events(len(written) - len(seen), 20)
+    revisions = [int(e.id or 0) for e in seen + rest]
+    assert revisions == sorted(written)
+    assert [e.data for e in seen + rest] == [written[r] for r in sorted(written)]
+
+
 def test_a_key_watch_sees_only_that_key(http_cluster: ProcCluster) -> None:
     client = http_cluster.client()
     start = client.revision() + 1
