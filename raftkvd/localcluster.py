@@ -39,6 +39,9 @@ def _alive(pid: int) -> bool:
     """True when `pid` is a running raftkvd process (a recycled pid is not ours)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if not cmdline:  # a process in the middle of its exec may show none for a moment
+            time.sleep(POLL_S)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
