@@ -41,6 +41,19 @@ from .workload import SeedResult, run_seed
 MAX_SEEDS = 2000
 NODES = 3
 CHUNK = 20
+HINTS = {
+    "commit-previous-term-by-counting": 35,
+    "vote-without-up-to-date-check": 1,
+    "forget-vote-on-restart": 22,
+    "apply-before-commit": 0,
+    "node-answers-writes-before-commit": 0,
+    "node-serves-reads-before-applying-the-read-index": 404,
+    "node-answers-writes-across-a-leader-change": 3,
+}
+"""The first seed that caught each variant when last searched (`pytest -s` prints them).
+Tried first: one seed below MAX_SEEDS that catches is all the claim needs, and the late
+ones (404: 405 seeds, two minutes of CI) need not be found again on every run. When a
+change to the simulator or the core moves it, the full search runs and prints the new one."""
 
 
 def commit_old_term_entries_by_counting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +158,14 @@ def _caught_in_chunk(variant: str, start: int, stop: int) -> SeedResult | None:
 
 
 def first_caught(variant: str) -> SeedResult | None:
-    """The first seed that catches `variant`, searched in chunks on every core, in seed order."""
+    """Its hint seed if that still catches `variant`; else the first seed that does,
+    searched in chunks on every core, in seed order."""
+    hint = HINTS.get(variant)
+    if hint is not None and hint < MAX_SEEDS:
+        caught = _caught_in_chunk(variant, hint, hint + 1)
+        if caught is not None:
+            return caught
+        print(f"\n{variant}: hint seed {hint} no longer catches it; searching")
     workers = default_workers()
     if workers <= 1:
         with pytest.MonkeyPatch.context() as monkeypatch:
