@@ -138,13 +138,9 @@ class Watches:
 
     def _selectors_of(self, key: str) -> list[Selector]:
         """The held selectors that match `key`."""
-        found = [selector for selector in [Selector(key=key)] if selector in self._groups]
-        for length in self._prefix_lengths:
-            if length <= len(key):
-                selector = Selector(prefix=key[:length])
-                if selector in self._groups:
-                    found.append(selector)
-        return found
+        candidates = [Selector(key=key)]
+        candidates += [Selector(prefix=key[:n]) for n in self._prefix_lengths if n <= len(key)]
+        return [selector for selector in candidates if selector in self._groups]
 
     def _serve_group(self, selector: Selector, revision: int, last: int) -> None:
         """`selector` matches `revision` first: its requests that started at or before it
