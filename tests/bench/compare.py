@@ -2,15 +2,19 @@
 
     python -m tests.bench.compare [--passes 3] [--duration 20] [--out artifacts/bench-compare.json]
 
-Each pass starts a fresh 3-member cluster of each system on free loopback ports (etcd from
-Debian's etcd-server, installed with apt-get when missing and we are root), one system at a
-time, alternating which goes first. On each: wrk -t2 -c64 writes to the leader's HTTP port
+Both 3-member clusters (etcd from Debian's etcd-server, installed with apt-get when missing
+and we are root) run side by side on free loopback ports for the whole run, and each
+measurement is taken on one and then at once on the other, the order alternating from pass
+to pass: a slow drift of the machine (the disk's fsync time, a neighbour's load) then hits
+both sides of a ratio alike instead of whichever system ran in a bad minute. The cluster not
+being measured sits idle (heartbeats). A pass: wrk -t2 -c64 writes to the leader's HTTP port
 for DURATION s (tests/bench/workload.lua: 100-byte values over 10,000 keys), then -t1 -c1
-writes for 3/4 of it, then -t2 -c64 linearizable reads; then kill -9 of the leader three times,
-timing the first write acknowledged through another member; raftkv also runs its native
-`raftctl bench put --clients 64`. It prints the medians of the passes with raftkv/etcd ratios,
-the CPU each process used during the 64-connection writes (% of one core) and memory (RSS),
-and writes all of it as JSON.
+writes for 3/4 of it, then -t2 -c64 linearizable reads; raftkv also runs its native
+`raftctl bench put --clients 64`; then kill -9 of the leader three times, timing the first
+write acknowledged through another member. It prints the medians of the passes, the median
+of the per-pass ratios with their range, the CPU each process used during the 64-connection
+writes (% of one core) and per request (wrk's included), and memory (RSS), and writes all of
+it as JSON.
 
     python -m tests.bench.compare --security [--passes 3]
 
@@ -26,6 +30,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -321,14 +326,28 @@ class Etcd(System):
 
 
 def wrk(system: System, port: int, op: str, connections: int, seconds: int) -> dict[str, Any]:
+    """wrk's report, with the CPU wrk itself used (% of one core): with HTTPS, the client's
+    half of TLS runs on the same two cores as the cluster."""
     threads = min(2, connections)
     url, extra = system.wrk_target(port)
+    before = children_cpu_s()
+    started = time.monotonic()
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA),
          url, "--", system.name, op, *extra],
         capture_output=True, text=True, check=True, timeout=seconds + 60)
+    wall = time.monotonic() - started
     line = next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{"))
-    return json.loads(line)
+    result = json.loads(line)
+    result["wrk_cpu_percent"] = round(100 * (children_cpu_s() - before) / wall, 1)
+    return result
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of the children waited for so far: wrk's, once it has exited (the clusters'
+    processes are waited for only when killed, never during a measurement)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measured(system: System, op: str, connections: int, seconds: int) -> dict[str, Any]:
@@ -340,6 +359,7 @@ def measured(system: System, op: str, connections: int, seconds: int) -> dict[st
     wall = time.monotonic() - started
     result["cpu_percent"] = {role: round(100 * (cpu_ticks(pid) - before[role]) / CLK_TCK / wall, 1)
                              for role, pid in procs.items()}
+    result["cpu_percent"]["wrk"] = result.pop("wrk_cpu_percent")
     result["rss_mb"] = {role: round(rss_mb(pid), 1) for role, pid in procs.items()}
     return result
 
@@ -368,20 +388,26 @@ def failover(system: System) -> list[float]:
     return times
 
 
-def run_pass(system: System, seconds: int) -> dict[str, Any]:
-    system.start()
-    try:
-        idle = {role: round(rss_mb(pid), 1) for role, pid in system.processes().items()}
-        result: dict[str, Any] = {"rss_idle_mb": idle}
-        result["writes_64"] = measured(system, "put", 64, seconds)
-        result["writes_1"] = measured(system, "put", 1, max(5, seconds * 3 // 4))
-        result["reads_64"] = measured(system, "get", 64, seconds)
-        if isinstance(system, Raftkv):
-            result["native_put_64"] = system.native_bench()
-        result["failover_ms"] = failover(system)
-        return result
-    finally:
-        system.stop()
+MEASUREMENTS: dict[str, Any] = {
+    "writes_64": lambda system, seconds: measured(system, "put", 64, seconds),
+    "writes_1": lambda system, seconds: measured(system, "put", 1, max(5, seconds * 3 // 4)),
+    "reads_64": lambda system, seconds: measured(system, "get", 64, seconds),
+    "native_put_64": lambda system, seconds: (system.native_bench() if isinstance(system, Raftkv)
+                                              else None),
+    "failover_ms": lambda system, seconds: failover(system),
+}
+"""One pass, in order; each is taken on every system before the next begins."""
+
+
+def run_pass(systems: dict[str, System], order: list[str], seconds: int) -> dict[str, dict[str, Any]]:
+    """Each measurement on each system of `order` in turn, back to back."""
+    results: dict[str, dict[str, Any]] = {name: {} for name in order}
+    for key, measure in MEASUREMENTS.items():
+        for name in order:
+            value = measure(systems[name], seconds)
+            if value is not None:
+                results[name][key] = value
+    return results
 
 
 def ensure_etcd() -> None:
@@ -394,25 +420,28 @@ def ensure_etcd() -> None:
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def summarize(passes: dict[str, list[dict[str, Any]]], subject: str, baseline: str) -> dict[str, Any]:
-    """Medians of each system's passes, and subject/baseline."""
-    def med(system: str, pick: Any) -> float:
-        return statistics.median(pick(p) for p in passes[system])
+ROWS: dict[str, Any] = {
+    "REST writes, 64 connections (req/s)": lambda p: p["writes_64"]["requests_per_s"],
+    "REST writes, 1 connection, p50 (ms)": lambda p: p["writes_1"]["p50_ms"],
+    "linearizable REST reads, 64 connections (req/s)": lambda p: p["reads_64"]["requests_per_s"],
+    "failover, kill -9 -> first write (ms)": lambda p: statistics.median(p["failover_ms"]),
+    "native raftctl bench put, 64 clients (ops/s)":
+        lambda p: p["native_put_64"].get("ops_per_sec") if "native_put_64" in p else None,
+}
 
-    rows = {
-        "REST writes, 64 connections (req/s)": lambda p: p["writes_64"]["requests_per_s"],
-        "REST writes, 1 connection, p50 (ms)": lambda p: p["writes_1"]["p50_ms"],
-        "linearizable REST reads, 64 connections (req/s)": lambda p: p["reads_64"]["requests_per_s"],
-        "failover, kill -9 -> first write (ms)": lambda p: statistics.median(p["failover_ms"]),
-        "native raftctl bench put, 64 clients (ops/s)":
-            lambda p: p["native_put_64"].get("ops_per_sec", 0.0) if "native_put_64" in p else None,
-    }
+
+def summarize(passes: dict[str, list[dict[str, Any]]], subject: str, baseline: str) -> dict[str, Any]:
+    """Per row: each system's median over the passes, and the median and range of the
+    per-pass ratios subject/baseline (the two were measured back to back in each pass)."""
     table = {}
-    for label, pick in rows.items():
-        row = {name: med(name, pick) for name in (subject, baseline)
-               if all(pick(p) is not None for p in passes[name])}
-        if baseline in row:
-            row["ratio"] = round(row[subject] / row[baseline], 2) if row[baseline] else None
+    for label, pick in ROWS.items():
+        values = {name: [pick(p) for p in passes[name]] for name in (subject, baseline)}
+        row: dict[str, Any] = {name: statistics.median(v) for name, v in values.items()
+                               if v and None not in v}
+        if len(row) == 2:
+            ratios = [a / b for a, b in zip(values[subject], values[baseline], strict=True) if b]
+            row["ratio"] = round(statistics.median(ratios), 2) if ratios else None
+            row["ratios"] = [round(r, 2) for r in ratios]
         table[label] = row
     return table
 
@@ -424,7 +453,7 @@ def role_kind(role: str) -> str:
 
 
 def cpu_split(passes: list[dict[str, Any]], key: str) -> dict[str, float]:
-    """Median CPU of each kind of process (the leader, a follower, their HTTP processes)."""
+    """Median CPU of each kind of process (the leader, a follower, their HTTP processes, wrk)."""
     samples: dict[str, list[float]] = {}
     for p in passes:
         for role, value in p[key]["cpu_percent"].items():
@@ -432,20 +461,40 @@ def cpu_split(passes: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {kind: statistics.median(values) for kind, values in sorted(samples.items())}
 
 
+def cpu_per_request_us(passes: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Median CPU time per request of each kind of process, and of all of them together (µs):
+    the cost of a request whatever the throughput that pass reached."""
+    samples: dict[str, list[float]] = {}
+    for p in passes:
+        rate = p[key]["requests_per_s"]
+        per_kind: dict[str, float] = {}
+        for role, value in p[key]["cpu_percent"].items():
+            kind = role_kind(role)
+            per_kind[kind] = per_kind.get(kind, 0.0) + value * 10_000 / rate
+        per_kind["all"] = sum(per_kind.values())
+        for kind, us in per_kind.items():
+            samples.setdefault(kind, []).append(us)
+    return {kind: statistics.median(values) for kind, values in samples.items()}
+
+
 def print_report(table: dict[str, Any], passes: dict[str, list[dict[str, Any]]], subject: str,
                  baseline: str) -> None:
-    print(f"\n{'':52} {subject:>14} {baseline:>10} {subject + '/' + baseline:>22}")
+    print(f"\n{'':52} {subject:>14} {baseline:>10} {subject + '/' + baseline:>22}   per pass")
     for label, row in table.items():
         other = f"{row[baseline]:.2f}" if baseline in row else "-"
         ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"
-        print(f"{label:52} {row[subject]:>14.2f} {other:>10} {ratio:>22}")
+        spread = " ".join(f"{r:.2f}" for r in row.get("ratios", []))
+        print(f"{label:52} {row[subject]:>14.2f} {other:>10} {ratio:>22}   {spread}")
     for name, runs in passes.items():
         split = cpu_split(runs, "writes_64")
         print(f"{name} CPU during 64-connection writes (% of a core, median per process): "
               + ", ".join(f"{role} {value:.0f}" for role, value in split.items()))
-        idle = statistics.median(sum(p["rss_idle_mb"].values()) for p in runs)
+        cost = cpu_per_request_us(runs, "writes_64")
+        print(f"{name} CPU per 64-connection write (µs, median; followers and their HTTP "
+              "processes summed): " + ", ".join(f"{kind} {us:.0f}" for kind, us in cost.items()))
         load = statistics.median(sum(p["writes_64"]["rss_mb"].values()) for p in runs)
-        print(f"{name} RSS of all processes: idle {idle:.0f} MB, after the write load {load:.0f} MB")
+        print(f"{name} RSS of all processes: idle {runs[0]['rss_idle_mb']:.0f} MB, "
+              f"after the write load {load:.0f} MB")
 
 
 def main() -> None:
@@ -467,20 +516,29 @@ def main() -> None:
         parser.error(f"--only: one of {', '.join(makers)}")
     out = args.out or Path(f"artifacts/bench-{'security' if args.security else 'compare'}.json")
     ensure_etcd()  # and wrk
-    passes: dict[str, list[dict[str, Any]]] = {name: [] for name in makers}
-    for number in range(args.passes):
-        order = [baseline, subject] if number % 2 == 0 else [subject, baseline]
-        for name in order:
-            if args.only and name != args.only:
-                continue
-            root = Path(tempfile.mkdtemp(prefix=f"bench-compare-{name}-"))
-            try:
-                print(f"pass {number + 1}: {name}", flush=True)
-                result = run_pass(makers[name](root), args.duration)
+    names = [name for name in makers if args.only in (None, name)]
+    root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    for name in names:
+        (root / name).mkdir()
+    systems = {name: makers[name](root / name) for name in names}
+    passes: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    try:
+        idle_rss = {}
+        for name, system in systems.items():
+            system.start()
+            idle_rss[name] = round(sum(rss_mb(pid) for pid in system.processes().values()), 1)
+        for number in range(args.passes):
+            order = names if number % 2 == 0 else names[::-1]
+            print(f"pass {number + 1}: {' then '.join(order)}, each measurement", flush=True)
+            for name, result in run_pass(systems, order, args.duration).items():
+                result["rss_idle_mb"] = idle_rss[name]
                 passes[name].append(result)
-                print(json.dumps({k: v for k, v in result.items() if k != "rss_idle_mb"}), flush=True)
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
+                print(json.dumps({name: {k: v for k, v in result.items() if k != "rss_idle_mb"}}),
+                      flush=True)
+    finally:
+        for system in systems.values():
+            system.stop()
+        shutil.rmtree(root, ignore_errors=True)
     if args.only:
         return
     table = summarize(passes, subject, baseline)
