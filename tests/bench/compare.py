@@ -3,18 +3,19 @@
     python -m tests.bench.compare [--passes 3] [--duration 20] [--out artifacts/bench-compare.json]
 
 Both 3-member clusters (etcd from Debian's etcd-server, installed with apt-get when missing
-and we are root) run side by side on free loopback ports for the whole run, and each
-measurement is taken on one and then at once on the other, the order alternating from pass
-to pass: a slow drift of the machine (the disk's fsync time, a neighbour's load) then hits
-both sides of a ratio alike instead of whichever system ran in a bad minute. The cluster not
-being measured sits idle (heartbeats). A pass: wrk -t2 -c64 writes to the leader's HTTP port
-for DURATION s (tests/bench/workload.lua: 100-byte values over 10,000 keys), then -t1 -c1
-writes for 3/4 of it, then -t2 -c64 linearizable reads; raftkv also runs its native
-`raftctl bench put --clients 64`; then kill -9 of the leader three times, timing the first
-write acknowledged through another member. It prints the medians of the passes, the median
-of the per-pass ratios with their range, the CPU each process used during the 64-connection
-writes (% of one core) and per request (wrk's included), and memory (RSS), and writes all of
-it as JSON.
+and we are root) run side by side on free loopback ports for the whole run. Each wrk
+measurement is cut into four equal slices taken on the two in turns (A B, B A, A B, B A), and
+the other measurements are taken on one and then at once on the other, the order alternating
+from pass to pass: a drift of the machine (the disk's fsync time, a neighbour's load) then
+hits both sides of a ratio alike instead of whichever system ran in a bad few seconds. The
+cluster not being measured sits idle (heartbeats). A pass: wrk -t2 -c64 writes to the
+leader's HTTP port for DURATION s (tests/bench/workload.lua: 100-byte values over 10,000
+keys), then -t1 -c1 writes, then -t2 -c64 linearizable reads, DURATION s each; raftkv also
+runs its native `raftctl bench put --clients 64`; then kill -9 of the leader three times,
+timing the first write acknowledged through another member. It prints the medians of the
+passes, the median of the per-pass ratios with their range, the CPU each process used during
+the 64-connection writes (% of one core) and per request (wrk's included), and memory (RSS),
+and writes all of it (each slice's rate and percentiles too) as JSON.
 
     python -m tests.bench.compare --security [--passes 3]
 
@@ -383,23 +384,65 @@ def failover(system: System) -> list[float]:
     return times
 
 
-MEASUREMENTS: dict[str, Any] = {
-    "writes_64": lambda system, seconds: measured(system, "put", 64, seconds),
-    "writes_1": lambda system, seconds: measured(system, "put", 1, max(5, seconds * 3 // 4)),
-    "reads_64": lambda system, seconds: measured(system, "get", 64, seconds),
-    "native_put_64": lambda system, seconds: (system.native_bench() if isinstance(system, Raftkv)
-                                              else None),
-    "failover_ms": lambda system, seconds: failover(system),
+SLICES = 4
+"""Each wrk measurement is cut into this many equal slices, taken on the systems in turns
+A B, B A, A B, B A: the mean time of each system's slices is the same, so a drift of the
+machine within a measurement (the disk's fsync time wanders by a fifth over ten seconds
+here, and a 1-connection write is mostly one fsync) cancels out of the ratio."""
+
+WRK_MEASUREMENTS: dict[str, tuple[str, int]] = {
+    "writes_64": ("put", 64),
+    "writes_1": ("put", 1),
+    "reads_64": ("get", 64),
 }
-"""One pass, in order; each is taken on every system before the next begins."""
+"""wrk measurements: the operation and the connections."""
+
+OTHER_MEASUREMENTS: dict[str, Any] = {
+    "native_put_64": lambda system: system.native_bench() if isinstance(system, Raftkv) else None,
+    "failover_ms": failover,
+}
+"""Taken on each system in turn, after the wrk measurements of the pass."""
+
+
+def combined(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One measurement from its equally long slices: the mean rate, the median of the slices'
+    percentiles, errors summed, each process's CPU averaged, the memory at the end."""
+    cpu: dict[str, list[float]] = {}
+    for part in slices:
+        for role, value in part["cpu_percent"].items():
+            cpu.setdefault(role, []).append(value)
+    return {
+        "requests_per_s": round(statistics.mean(s["requests_per_s"] for s in slices), 1),
+        "p50_ms": statistics.median(s["p50_ms"] for s in slices),
+        "p99_ms": statistics.median(s["p99_ms"] for s in slices),
+        "non_2xx": sum(s["non_2xx"] for s in slices),
+        "socket_errors": sum(s["socket_errors"] for s in slices),
+        "cpu_percent": {role: round(statistics.mean(v), 1) for role, v in cpu.items()},
+        "rss_mb": slices[-1]["rss_mb"],
+        "slices": [{k: s[k] for k in ("requests_per_s", "p50_ms", "p99_ms")} for s in slices],
+    }
+
+
+def interleaved(systems: dict[str, System], order: list[str], op: str, connections: int,
+                seconds: int) -> dict[str, dict[str, Any]]:
+    """`seconds` of wrk on each system of `order`, in SLICES slices taken in turns (SLICES)."""
+    length = max(2, seconds // SLICES)
+    slices: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    for number in range(SLICES):
+        for name in order if number % 2 == 0 else order[::-1]:
+            slices[name].append(measured(systems[name], op, connections, length))
+    return {name: combined(parts) for name, parts in slices.items()}
 
 
 def run_pass(systems: dict[str, System], order: list[str], seconds: int) -> dict[str, dict[str, Any]]:
-    """Each measurement on each system of `order` in turn, back to back."""
+    """Each wrk measurement on the systems of `order` interleaved, then the others in turn."""
     results: dict[str, dict[str, Any]] = {name: {} for name in order}
-    for key, measure in MEASUREMENTS.items():
+    for key, (op, connections) in WRK_MEASUREMENTS.items():
+        for name, value in interleaved(systems, order, op, connections, seconds).items():
+            results[name][key] = value
+    for key, measure in OTHER_MEASUREMENTS.items():
         for name in order:
-            value = measure(systems[name], seconds)
+            value = measure(systems[name])
             if value is not None:
                 results[name][key] = value
     return results
