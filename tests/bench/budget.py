@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import ssl
 import statistics
 import sys
 import tempfile
@@ -54,9 +55,14 @@ STAGES = [
 ]
 
 
-def rest_writes(port: int, count: int, traced: bool) -> list[dict[str, float]]:
-    connection = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
+def rest_writes(port: int, count: int, traced: bool, tls: ssl.SSLContext | None = None,
+                token: str | None = None) -> list[dict[str, float]]:
+    """`tls`, `token`: for a node with HTTPS and bearer tokens on (SPEC §8)."""
+    connection = (http.client.HTTPSConnection(HOST, port, timeout=TIMEOUT_S, context=tls)
+                  if tls is not None else http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S))
     headers = {"Content-Type": "application/json", "X-Raftkv-Trace": "1" if traced else "0"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     body = json.dumps({"value": VALUE})
     traces = []
     try:
